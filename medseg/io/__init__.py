@@ -1,0 +1,136 @@
+"""The only code that knows file formats. Geometry travels with the array (:class:`Volume`).
+
+- :func:`read_volume`: NIfTI (.nii/.nii.gz), NRRD/MetaImage (.nrrd/.nhdr/.mha/.mhd), or a folder
+  holding one DICOM series, validated, as a :class:`Volume` with a RAS+ affine.
+- :func:`write_volume`: atomic write (temporary name, then rename) with exactly the affine.
+- :func:`read_label`: a label map, checked for integer values and (optionally) for the grid of
+  its image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from medseg.io.nifti import is_nifti_path, read_nifti, write_nifti, write_nifti_array
+from medseg.io.sitk_io import (
+    DicomSeries,
+    list_dicom_series,
+    read_dicom_series,
+    read_sitk_file,
+    sitk_to_volume,
+    volume_to_sitk,
+    write_sitk_file,
+)
+from medseg.io.volume import Volume, affine_spacing, orientation_code
+
+__all__ = [
+    "Volume",
+    "InputError",
+    "DicomSeries",
+    "read_volume",
+    "write_volume",
+    "read_label",
+    "check_same_grid",
+    "is_image_path",
+    "read_nifti",
+    "write_nifti",
+    "write_nifti_array",
+    "read_dicom_series",
+    "list_dicom_series",
+    "read_sitk_file",
+    "write_sitk_file",
+    "sitk_to_volume",
+    "volume_to_sitk",
+    "affine_spacing",
+    "orientation_code",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
+
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def is_image_path(path: str | Path) -> bool:
+    """True for a file name medseg reads as one image (NIfTI, NRRD, MetaImage)."""
+    name = str(path).lower()
+    return is_nifti_path(name) or name.endswith(SITK_SUFFIXES)
+
+
+def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+    """Read one 3D image: a NIfTI/NRRD/MHA file or a folder holding one DICOM series.
+
+    Returns:
+        A :class:`Volume` (array ``(I, J, K)`` in stored dtype, RAS+ affine in mm).
+
+    Raises:
+        InputError: ``"<path>: <problem>"`` for anything unreadable or invalid.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_dir():
+        return read_dicom_series(path, series_uid=series_uid)
+    name = path.name.lower()
+    if is_nifti_path(name) or name.endswith(".gz"):
+        return read_nifti(path)
+    if name.endswith(SITK_SUFFIXES):
+        return read_sitk_file(path)
+    with open(path, "rb") as f:
+        head = f.read(348)
+    if head[:2] == b"\x1f\x8b" or len(head) == 348 and int.from_bytes(head[:4], "little") == 348:
+        return read_nifti(path)
+    raise InputError(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder)")
+
+
+def write_volume(volume: Volume, path: str | Path, *, dtype=None) -> Path:
+    """Write ``volume`` atomically; the format follows the suffix (.nii.gz, .nii, .nrrd, .mha)."""
+    path = Path(path)
+    if is_nifti_path(path):
+        return write_nifti(volume, path, dtype=dtype)
+    if path.name.lower().endswith(SITK_SUFFIXES):
+        vol = volume if dtype is None else volume.with_array(volume.array.astype(dtype))
+        return write_sitk_file(vol, path)
+    raise ValueError(f"{path}: unknown output format (use .nii.gz, .nii, .nrrd or .mha)")
+
+
+def check_same_grid(image: Volume, label: Volume, atol_mm: float = 1e-3) -> None:
+    """Raise :class:`InputError` (naming the label file) when ``label`` is not on ``image``'s grid."""
+    if image.shape != label.shape:
+        raise InputError(label.source, f"label map shape {label.shape} differs from its image's {image.shape} "
+                         f"({image.source})")
+    if not np.allclose(image.affine, label.affine, atol=atol_mm, rtol=0):
+        diff = float(np.abs(image.affine - label.affine).max())
+        raise InputError(label.source, f"label map geometry differs from its image's ({image.source}): "
+                         f"affines differ by up to {diff:.4g} mm")
+
+
+def read_label(path: str | Path, image: Volume | None = None) -> Volume:
+    """Read a label map: integer values only, and on ``image``'s grid when ``image`` is given.
+
+    Float-stored label maps whose values are all whole numbers are accepted and cast to the
+    smallest unsigned integer type that holds them.
+    """
+    vol = read_volume(path)
+    arr = vol.array
+    if arr.dtype.kind == "f":
+        if not np.all(np.mod(arr, 1) == 0):
+            frac = arr[np.mod(arr, 1) != 0]
+            raise InputError(path, f"non-integer label values (e.g. {float(frac.flat[0]):g}): a label map holds class ids")
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iub":
+        raise InputError(path, f"label map of dtype {arr.dtype} (expected integers)")
+    if arr.size and arr.min() < 0:
+        raise InputError(path, f"negative label value {int(arr.min())}")
+    top = int(arr.max()) if arr.size else 0
+    target = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+    if arr.dtype != target and (arr.dtype.kind == "f" or arr.dtype.kind in "i"):
+        arr = arr.astype(target)
+    vol = vol.with_array(arr)
+    if image is not None:
+        check_same_grid(image, vol)
+    return vol

@@ -1,0 +1,38 @@
+"""Shared fixtures. Real data lives in ../shared/data (CI always has it; a fresh clone may not)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDSEG_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+# Subprocesses (`python -m medseg ...`) import this checkout, whatever is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that need it skip with a clear reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (set MEDSEG_SHARED_DATA or see ../shared/data/README.md)")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600):
+    """Run ``python -m medseg ARGS`` in a subprocess; return the CompletedProcess (text)."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "medseg", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    return run_cli
