@@ -234,11 +234,16 @@ def regions_to_labels(regions: np.ndarray, image: np.ndarray, n_classes: int) ->
     cnt = np.bincount(reg.ravel(), minlength=n)
     mean = np.bincount(reg.ravel(), weights=np.asarray(image, dtype=np.float64).ravel(), minlength=n) / np.maximum(cnt, 1)
     present = cnt > 0
-    vals = np.repeat(mean[present], np.minimum(cnt[present], 10_000))
-    if len(np.unique(vals)) < n_classes:
-        thresholds = np.unique(vals)[1:]
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be ≥ 2, got {n_classes}")
+    if int(present.sum()) <= n_classes:
+        thresholds = np.sort(mean[present])[1:]
     else:
-        thresholds = threshold_multiotsu(vals, classes=n_classes)
+        # voxel-weighted histogram of the region means; multi-Otsu on it (coarser bins for many classes)
+        nbins = 256 if n_classes <= 3 else 64
+        hist, edges = np.histogram(mean[present], bins=nbins, weights=cnt[present])
+        centres = (edges[:-1] + edges[1:]) / 2
+        thresholds = threshold_multiotsu(hist=(hist, centres), classes=n_classes)
     classes = np.digitize(mean, thresholds)
     return classes[reg].astype(np.uint8 if n_classes < 256 else np.uint16)
 

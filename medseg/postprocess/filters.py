@@ -39,8 +39,8 @@ __all__ = ["GaussianFilter", "BilateralGridFilter", "gaussian_taps", "blur_axis"
 
 
 def gaussian_taps(sigma: float, dtype: torch.dtype = torch.float64, truncate: float = 2.5) -> list[float]:
-    """Unnormalised 1D Gaussian taps ``exp(-s²/2σ²)`` for ``s = 0..R`` (R = ceil(truncate·σ), ≥ 1)."""
-    radius = max(1, int(math.ceil(truncate * sigma)))
+    """Unnormalised 1D Gaussian taps ``exp(-s²/2σ²)`` for ``s = 0..R`` (R = floor(truncate·σ), ≥ 1)."""
+    radius = max(1, int(math.floor(truncate * sigma)))
     if sigma <= 1e-6:
         return [1.0]
     return [math.exp(-(s * s) / (2.0 * sigma * sigma)) for s in range(radius + 1)]
