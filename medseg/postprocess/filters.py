@@ -197,9 +197,9 @@ class BilateralGridFilter:
             self.taps.append(itaps)
         self.dims = tuple(dims)
         self.grid_size = int(math.prod(dims))
-        if self.grid_size >= 2**31:
-            raise ValueError(f"bilateral grid of {self.grid_size} cells is too large: raise intensity_sigma or "
-                             "the spatial σ, or lower cells_per_sigma")
+        if self.grid_size >= 2**31 or self.grid_size > 8 * n_vox + 4_000_000:
+            raise ValueError(f"bilateral grid of {self.grid_size} cells (for {n_vox} voxels) is too large: raise "
+                             "intensity_sigma or bilateral σ, use fewer image channels, or lower cells_per_sigma")
         # corners: every combination of lo/hi per channel
         keys = []
         weights = []
