@@ -284,34 +284,66 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
     q = torch.softmax(logp, dim=0)
     if cfg.iterations == 0:
         return q.reshape((k,) + shape).cpu().numpy()
-    kernels = [(spatial, float(cfg.spatial_weight)), (bilateral, float(cfg.bilateral_weight))]
-    kernels = [(f, w) for f, w in kernels if w != 0.0]
-    potts_ones = {}
+    ws, wb = float(cfg.spatial_weight), float(cfg.bilateral_weight)
+    mu_t = None if mu is None else torch.from_numpy(mu).to(dev)
+    ones = torch.ones(shape, dtype=dtype, device=dev)
+    potts_ones = None
     if mu is None:
         # Σ_l K̃ Q_l = K̃ 1: the last class's message follows from the others
-        for f, w in kernels:
-            potts_ones[id(f)] = f(torch.ones(shape, dtype=dtype, device=dev)).reshape(-1)
-    mu_t = None if mu is None else torch.from_numpy(mu).to(dev)
+        potts_ones = (ws * spatial(ones) + wb * bilateral(ones)).reshape(-1)
+        del ones
+    from medseg.postprocess.filters import GaussianFilter
+
+    snorm = spatial.norm.reshape(-1) if isinstance(spatial, GaussianFilter) else None
+
+    def message(qc: torch.Tensor) -> torch.Tensor:
+        """w_s K̃_s q + w_b K̃_b q for one class, one fresh (N,) tensor."""
+        if wb != 0.0:
+            msg = bilateral(qc.reshape(shape)).reshape(-1)
+            if wb != 1.0:
+                msg.mul_(wb)
+        else:
+            msg = torch.zeros(n, dtype=dtype, device=dev)
+        if ws != 0.0:
+            if snorm is not None:
+                raw = spatial._raw(qc.reshape(shape) * spatial.norm).reshape(-1)
+                msg.addcmul_(raw, snorm, value=ws)
+            else:
+                msg.add_(spatial(qc.reshape(shape)).reshape(-1), alpha=ws)
+        return msg
+
     acc = torch.empty_like(logp)
     for _ in range(cfg.iterations):
         acc.copy_(logp)
         if mu is None:
-            for f, w in kernels:
-                rest = potts_ones[id(f)].clone()
-                for c in range(k - 1):
-                    m = f(q[c].reshape(shape)).reshape(-1)
-                    acc[c].add_(m, alpha=w)
-                    rest.sub_(m)
-                acc[k - 1].add_(rest, alpha=w)
+            acc[k - 1].add_(potts_ones)
+            for c in range(k - 1):
+                m = message(q[c])
+                acc[c].add_(m)
+                acc[k - 1].sub_(m)
+                del m
         else:
-            msg = torch.zeros_like(logp)
-            for f, w in kernels:
-                for c in range(k):
-                    msg[c].add_(f(q[c].reshape(shape)).reshape(-1), alpha=w)
+            msg = torch.empty_like(logp)
+            for c in range(k):
+                msg[c] = message(q[c])
             acc.sub_(mu_t @ msg)
             del msg
-        q = torch.softmax(acc, dim=0)
+        _softmax_rows_(acc)
+        q, acc = acc, q
     return q.reshape((k,) + shape).cpu().numpy()
+
+
+def _softmax_rows_(x) -> None:
+    """In-place softmax over the first axis of a ``(K, N)`` tensor (row-wise passes, no strided reduction)."""
+    import torch
+
+    m = x[0].clone()
+    for c in range(1, x.shape[0]):
+        torch.maximum(m, x[c], out=m)
+    x.sub_(m)
+    x.exp_()
+    total = x.sum(0)
+    x.div_(total)
 
 
 _OFFSETS_6 = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
