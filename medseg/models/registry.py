@@ -1,4 +1,10 @@
-"""The explicit registry of architectures and :func:`create_model`."""
+"""The explicit registry of architectures and :func:`create_model`.
+
+Each entry's builder validates its options (worded ``ValueError``/``TypeError``) and imports its
+architecture module lazily, so importing the registry is cheap. The trainer stores
+``{name, spatial_dims, in_channels, out_channels, options}`` in ``plans.json``
+(:class:`medseg.plans.ModelSpec`) and the predictor calls ``create_model(**spec)`` with it.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_common(spatial_dims: int, in_channels: int, out_channels: int) -> None:
+def _check_common(in_channels: int, out_channels: int) -> None:
     from medseg.models.blocks import check_positive_int
 
     check_positive_int("in_channels", in_channels)
@@ -47,7 +53,7 @@ def _build_unet(spatial_dims: int, in_channels: int, out_channels: int, *,
     from medseg.models import blocks
     from medseg.models.unet import UNet
 
-    _check_common(spatial_dims, in_channels, out_channels)
+    _check_common(in_channels, out_channels)
     channels = blocks.check_int_sequence("channels", channels, min_len=2)
     strides = blocks.check_int_sequence("strides", strides, length=len(channels) - 1)
     if isinstance(num_res_units, bool) or not isinstance(num_res_units, int) or num_res_units < 0:
@@ -67,7 +73,7 @@ def _build_vnet(spatial_dims: int, in_channels: int, out_channels: int, *, base_
     from medseg.models import blocks
     from medseg.models.vnet import VNet
 
-    _check_common(spatial_dims, in_channels, out_channels)
+    _check_common(in_channels, out_channels)
     blocks.check_positive_int("base_channels", base_channels)
     blocks.check_choice("act", act, ("prelu", "elu"))
     return VNet(spatial_dims, in_channels, out_channels, base_channels=base_channels, act=act,
@@ -86,7 +92,7 @@ def _build_fcn(spatial_dims: int, in_channels: int, out_channels: int, *,
     from medseg.models import blocks
     from medseg.models.fcn import FCN
 
-    _check_common(spatial_dims, in_channels, out_channels)
+    _check_common(in_channels, out_channels)
     channels = blocks.check_int_sequence("channels", channels, min_len=2)
     blocks.check_positive_int("decoder_channels", decoder_channels)
     blocks.check_choice("upsample", upsample, ("interpolate", "transposed"))
@@ -122,7 +128,7 @@ def _build_pspnet(spatial_dims: int, in_channels: int, out_channels: int, *,
     from medseg.models import blocks
     from medseg.models.pspnet import PSPNet
 
-    _check_common(spatial_dims, in_channels, out_channels)
+    _check_common(in_channels, out_channels)
     channels = blocks.check_int_sequence("channels", channels, min_len=2)
     _check_output_stride(output_stride, channels)
     bins = blocks.check_int_sequence("bins", bins, length=4)
@@ -148,7 +154,7 @@ def _build_deeplabv3(spatial_dims: int, in_channels: int, out_channels: int, *,
     from medseg.models import blocks
     from medseg.models.deeplabv3 import DeepLabV3
 
-    _check_common(spatial_dims, in_channels, out_channels)
+    _check_common(in_channels, out_channels)
     channels = blocks.check_int_sequence("channels", channels, min_len=2)
     _check_output_stride(output_stride, channels)
     rates = blocks.check_int_sequence("rates", rates, min_len=1)
@@ -173,7 +179,7 @@ def _build_tiramisu(spatial_dims: int, in_channels: int, out_channels: int, *, f
     from medseg.models import blocks
     from medseg.models.tiramisu import Tiramisu
 
-    _check_common(spatial_dims, in_channels, out_channels)
+    _check_common(in_channels, out_channels)
     blocks.check_positive_int("first_channels", first_channels)
     blocks.check_positive_int("growth_rate", growth_rate)
     down_layers = blocks.check_int_sequence("down_layers", down_layers, min_len=1)
@@ -200,6 +206,7 @@ MODELS: dict[str, ModelEntry] = {
 
 
 def available_models() -> list[str]:
+    """Registered architecture names, sorted."""
     return sorted(MODELS)
 
 
