@@ -25,7 +25,9 @@ class SegmentationModel(nn.Module):
 
     Inputs whose size is not a multiple of :attr:`size_divisor` are padded internally (edge values
     replicated, split evenly before/after each axis) and the logits are cropped back, so any size
-    ≥ 1 voxel per axis is accepted. Subclasses implement :meth:`forward_padded`.
+    is accepted. Each axis is padded to at least twice the divisor, so that the deepest level has
+    more than one voxel (instance norm cannot normalise a single voxel). Subclasses implement
+    :meth:`forward_padded`.
 
     Attributes:
         spatial_dims: 2 (``(B, C, H, W)``) or 3 (``(B, C, D, H, W)``).
@@ -48,7 +50,7 @@ class SegmentationModel(nn.Module):
             axes = "D, H, W" if self.spatial_dims == 3 else "H, W"
             raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_channels}, {axes}), "
                              f"got {tuple(x.shape)}")
-        padded, crop = pad_to_multiple(x, self.size_divisor)
+        padded, crop = pad_to_multiple(x, self.size_divisor, min_multiple=2)
         return self.forward_padded(padded)[crop]
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

@@ -89,11 +89,11 @@ def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, *, ker
                        dilation=dilation, norm=norm, act=act, bias=(norm is None) if bias is None else bias)
 
 
-def pad_to_multiple(x: torch.Tensor, divisor: Sequence[int],
-                    mode: str = "replicate") -> tuple[torch.Tensor, tuple[slice, ...]]:
+def pad_to_multiple(x: torch.Tensor, divisor: Sequence[int], mode: str = "replicate",
+                    min_multiple: int = 1) -> tuple[torch.Tensor, tuple[slice, ...]]:
     """Pad the spatial axes of ``x`` (B, C, *spatial) up to multiples of ``divisor``.
 
-    The padding is split evenly before/after each axis (replicated edge values, so no artificial
+    Each axis becomes at least ``min_multiple * divisor`` long. The padding is split evenly before/after each axis (replicated edge values, so no artificial
     step at the border). Returns the padded tensor and the index that crops an output of the padded
     size back to the input's size: ``out[crop]``.
     """
@@ -101,7 +101,7 @@ def pad_to_multiple(x: torch.Tensor, divisor: Sequence[int],
     before: list[int] = []
     after: list[int] = []
     for size, div in zip(sizes, divisor):
-        total = math.ceil(size / div) * div - size
+        total = max(math.ceil(size / div), min_multiple) * div - size
         before.append(total // 2)
         after.append(total - total // 2)
     crop = (slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(before, sizes))

@@ -104,3 +104,15 @@ def test_plans_json_spec_rebuilds_the_same_model(name):
     torch.manual_seed(0)
     b = create_model(again.name, again.spatial_dims, again.in_channels, again.out_channels, **again.options)
     assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_bf16_autocast_and_very_small_inputs(name):
+    """Inference under bf16 autocast (what the predictor uses on CPU) and a 5×7 slice (padded up)."""
+    net = build(name, 2).eval()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = net(torch.randn(1, 1, *INPUT_SHAPES[2]))
+        small = net(torch.randn(1, 1, 5, 7))
+    assert y.shape == (1, 3, *INPUT_SHAPES[2]) and torch.isfinite(y.float()).all()
+    assert small.shape == (1, 3, 5, 7) and torch.isfinite(small).all()

@@ -59,6 +59,16 @@ def test_unet_skip_carries_the_encoder_features_into_the_decoder(dims):
     assert torch.equal(dec[:, :c], enc)  # the decoder input is [encoder features, upsampled deeper features]
 
 
+def test_unet_residual_units_are_optional():
+    plain = build("unet", 2, num_res_units=0)
+    residual = build("unet", 2, num_res_units=1)
+    from monai.networks.blocks import ResidualUnit
+
+    assert not any(isinstance(m, ResidualUnit) for m in plain.modules())
+    assert any(isinstance(m, ResidualUnit) for m in residual.modules())
+    assert plain(torch.randn(1, 1, *INPUT_SHAPES[2])).shape == (1, 2, *INPUT_SHAPES[2])
+
+
 # ---------------------------------------------------------------- V-Net
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -93,6 +103,8 @@ def test_fcn_interpolate_mode_has_no_transposed_convolution_and_transposed_mode_
     assert not any(isinstance(m, is_t) for m in interp.modules())
     assert any(isinstance(m, nn.Upsample) for m in interp.modules())
     assert sum(isinstance(m, is_t) for m in transposed.modules()) == len(TINY_OPTIONS["fcn"]["channels"]) - 1
+    x = torch.randn(1, 1, *INPUT_SHAPES[dims])
+    assert transposed(x).shape == interp(x).shape == (1, 2, *INPUT_SHAPES[dims])
 
 
 def test_fcn_fuses_the_configured_number_of_skip_levels():
