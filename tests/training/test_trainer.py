@@ -103,6 +103,7 @@ def test_interrupted_then_resumed_in_new_processes_equals_uninterrupted(uninterr
     second = cli("train", config, "--out", run, "--device", "cpu", "--resume")
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == str(run)
+    assert "━" not in second.stderr and "ETA" not in second.stderr  # no progress bar when not a terminal
     _assert_same_run(uninterrupted, run)
 
 
