@@ -43,6 +43,16 @@ def _nib_image(path: Path, data: bytes):
     cls = classes.get(sizeof_hdr)
     if cls is None:
         raise InputError(path, "not a NIfTI file (bad header size field; is it another format?)")
+    endian = "<" if int.from_bytes(data[:4], "little") == sizeof_hdr else ">"
+    if len(data) < sizeof_hdr:
+        raise InputError(path, f"not a NIfTI file (header cut short at {len(data)} bytes)")
+    # pixdim[1..3] as stored: nibabel would silently take the absolute value of negative ones.
+    pixdim = (np.frombuffer(data, dtype=endian + "f4", count=3, offset=80) if sizeof_hdr == 348
+              else np.frombuffer(data, dtype=endian + "f8", count=3, offset=112))
+    ndim = int(np.frombuffer(data, dtype=endian + ("i2" if sizeof_hdr == 348 else "i8"), count=1,
+                             offset=40 if sizeof_hdr == 348 else 16)[0])
+    if ndim >= 3 and (not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0)):
+        raise InputError(path, f"zero or negative voxel spacing {tuple(float(z) for z in pixdim)} mm in the header")
     try:
         return cls.from_bytes(data)
     except Exception as exc:  # nibabel raises many types for malformed headers
@@ -89,7 +99,7 @@ def read_nifti(path: str | Path, *, allow_nonfinite: bool = False) -> Volume:
         raise InputError(path, f"zero or negative voxel spacing {tuple(float(z) for z in zooms)} mm in the header")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(path, "singular affine (the voxel-to-world matrix has zero volume)")
+        raise InputError(path, "singular or non-finite affine (the voxel-to-world matrix has zero volume)")
     try:
         slope, inter = hdr.get_slope_inter()
         unscaled = slope in (None, 1.0) and inter in (None, 0.0)
