@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -166,13 +167,15 @@ class IngestReport:
 
 
 def safe_case_id(text: str) -> str:
-    """A filesystem-safe case id from a file or folder name (``[A-Za-z0-9._-]``, ≤ 100 chars)."""
+    """A filesystem-safe case id from a file or folder name: image suffix dropped, accents
+    dropped, runs of other characters turned into ``_`` (``[A-Za-z0-9._-]``, ≤ 100 chars)."""
     name = text
     lower = name.lower()
     for suffix in _NAME_SUFFIXES:
         if lower.endswith(suffix):
             name = name[: -len(suffix)]
             break
+    name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")  # "ï" → "i"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:100].strip("._-")
     return name or "case"
 
@@ -499,7 +502,8 @@ def _write_manifest(path: Path, out_dir: Path, state: dict[str, dict]) -> Path |
         rows.append(ManifestRow(case_id=entry["case_id"], images=tuple(out_dir / n for n in entry["images"]),
                                 label=out_dir / entry["label"] if entry.get("label") else None,
                                 split=entry.get("split", "test"), modality=entry.get("modality", "")))
-    if not rows:
+    if not rows:  # a manifest with no cases is not a manifest: remove the stale one this folder had
+        path.unlink(missing_ok=True)
         return None
     return write_manifest(rows, path)
 

@@ -23,11 +23,11 @@ def is_nifti_path(path: str | Path) -> bool:
 
 
 def _decompress(path: Path, raw: bytes) -> bytes:
-    from isal import igzip
+    from isal import igzip, igzip_lib
 
     try:
         return igzip.decompress(raw)
-    except (EOFError, OSError, zlib.error, ValueError) as exc:
+    except (EOFError, OSError, zlib.error, ValueError, igzip_lib.IsalError) as exc:
         raise InputError(path, f"truncated or corrupt gzip stream ({exc})") from None
 
 
