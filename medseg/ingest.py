@@ -291,6 +291,8 @@ def _discover(source: str, out_dir: Path, split: str, series_uid: str | None):
             found.append((f"{rp}#case={row.case_id}", f"{p}#{row.case_id}", tuple(str(x) for x in row.images),
                           str(row.label) if row.label else None, row.case_id, row.split, row.modality))
         return found
+    if p.is_file() and not is_image_path(p) and _is_dicom_file(p):
+        raise InputError(p, f"is a single DICOM file: ingest the folder that holds its series ({p.parent})")
     if p.is_file():
         return [(str(rp), str(p), (str(p),), None, safe_case_id(p.name), split, "")]
     found = []

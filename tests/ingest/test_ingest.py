@@ -174,6 +174,43 @@ def test_quiet_when_piped(cli, tmp_path):
     assert res.stdout.count("\n") == 1  # one summary line, no progress lines
 
 
+def test_progress_lines_on_a_terminal(tmp_path):
+    """On a terminal (a pty here) each study gets a progress line on stderr."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.nii.gz"
+    write_volume(_phantom(1).image, src)
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "medseg", "ingest", str(src), "--out", str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, stderr=follower, text=True, timeout=120)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # EIO once the terminal has no writer left
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(leader)
+    text = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert "[medseg] searching 1 source(s)" in text and "[medseg] [1/1] a: ingested" in text
+
+
+def test_single_dicom_file_points_to_its_folder(cli, tmp_path, shared_data):
+    one = next(p for p in sorted((shared_data / "ct_abdomen" / "dicom").iterdir()))
+    res = cli("ingest", one, "--out", tmp_path / "out")
+    assert res.returncode == 1
+    assert f"{one}: is a single DICOM file: ingest the folder that holds its series" in res.stderr
+
+
 def test_manifest_source_keeps_splits_and_checks_labels(tmp_path):
     manifest = write_phantom_archive(tmp_path / "archive", 3, shape=SHAPE, spacing=(8.0, 8.0, 10.0), variants=False,
                                      splits={"train": 2, "val": 1})
