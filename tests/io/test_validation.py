@@ -148,6 +148,45 @@ def test_singular_affine(cli, tmp_path):
     _assert_refused(cli, tmp_path / "out", src, "singular")
 
 
+# --- what the reader returns for valid but unusual files -----------------------------------------
+
+
+def test_scaled_nifti_gives_the_values_the_header_means(tmp_path, shared_data):
+    """scl_slope/scl_inter are applied (as nibabel applies them); the raw integers are not voxels."""
+    import nibabel as nib
+
+    from medseg.io import read_volume
+
+    img = nib.Nifti1Image(_small(), np.diag([1.5, 1.5, 2.0, 1.0]))
+    img.header.set_slope_inter(0.5, -1024.0)
+    nib.save(img, tmp_path / "scaled.nii.gz")
+    vol = read_volume(tmp_path / "scaled.nii.gz")
+    assert np.array_equal(vol.array, _small() * 0.5 - 1024.0)
+    mask = shared_data / "brats_glioma" / "brats_2013_pat0003_1" / "brainmask.nii.gz"
+    got = read_volume(mask).array
+    assert np.array_equal(got, np.asanyarray(nib.load(mask).dataobj))
+    assert np.allclose(np.unique(got), [0.0, 1.0], atol=1e-6)
+
+
+def test_big_endian_and_nifti2(tmp_path):
+    import nibabel as nib
+
+    from medseg.io import read_volume
+
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(_small().astype(">i2"), affine, header=nib.Nifti1Header(endianness=">")), tmp_path / "be.nii")
+    nib.save(nib.Nifti2Image(_small(), affine), tmp_path / "n2.nii.gz")
+    for name in ("be.nii", "n2.nii.gz"):
+        vol = read_volume(tmp_path / name)
+        assert vol.array.dtype.isnative and np.array_equal(vol.array, _small()) and np.array_equal(vol.affine, affine)
+
+
+def test_header_declaring_more_voxels_than_the_file_holds(cli, tmp_path):
+    data = _nifti_bytes(_small())
+    cut = _write(tmp_path / "short.nii", data[: len(data) - 100], gz=False)
+    _assert_refused(cli, tmp_path / "out", cut, "file holds at most")
+
+
 # --- folders and DICOM series ------------------------------------------------------------------
 
 
