@@ -209,7 +209,23 @@ def _content_hash(study: Study) -> str:
                 _hash_file(h, f)
         else:
             _hash_file(h, p)
+            for data_file in _detached_data(p):
+                h.update(b"\0data\0")
+                _hash_file(h, data_file)
     return h.hexdigest()
+
+
+def _detached_data(path: Path) -> list[Path]:
+    """The voxel file a MetaImage (.mhd) or detached NRRD (.nhdr) header points to."""
+    if path.suffix.lower() not in (".mhd", ".nhdr"):
+        return []
+    with open(path, "rb") as f:
+        text = f.read(65536).decode("latin-1")
+    m = re.search(r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(\S+)\s*$", text, flags=re.M | re.I)
+    if not m or m.group(1).upper() in ("LOCAL", "LIST"):
+        return []
+    data = path.parent / m.group(1)
+    return [data] if data.is_file() else []
 
 
 def _read_state(out_dir: Path) -> dict[str, dict]:

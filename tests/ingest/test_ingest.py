@@ -121,6 +121,23 @@ def test_study_that_turns_bad_loses_its_outputs(tmp_path):
     assert json.loads((out / STATE_FILE).read_text())["studies"] == {}
 
 
+def test_metaimage_with_detached_data_is_reingested_when_its_voxels_change(tmp_path):
+    import SimpleITK as sitk
+
+    from medseg.io import volume_to_sitk
+
+    vol = _phantom(1).image
+    header = tmp_path / "in" / "ct.mhd"
+    header.parent.mkdir()
+    sitk.WriteImage(volume_to_sitk(vol), str(header))  # ct.mhd + ct.raw
+    out = tmp_path / "out"
+    assert [r.status for r in ingest_sources([header], out).results] == ["ingested"]
+    assert [r.status for r in ingest_sources([header], out).results] == ["skipped"]
+    sitk.WriteImage(volume_to_sitk(vol.with_array(vol.array + np.int16(1))), str(header))  # same header bytes
+    assert [r.status for r in ingest_sources([header], out).results] == ["ingested"]
+    assert np.array_equal(read_volume(out / "ct.nii.gz").array, vol.array + 1)
+
+
 def test_case_ids_are_safe_unique_and_stable(tmp_path):
     assert safe_case_id("My scan (1).nii.gz") == "My_scan_1"
     assert safe_case_id("../../etc/passwd") == "etc_passwd"
