@@ -381,19 +381,17 @@ def plan_ingest(sources: list[str | Path], out_dir: str | Path, *, manifest: str
             raise InputError(label, f"--label needs exactly one source holding one study, got {len(found)} studies")
         key, source, images, _, name, sp, mod = found[0]
         found = [(key, source, images, str(label), name, sp, mod)]
-    studies = []
+    studies: list[Study] = []
+    seen: set[str] = set()
     for key, source, images, lab, name, sp, mod in found:
+        if key in seen:  # the same study named twice (a file and its folder) is ingested once
+            continue
+        seen.add(key)
         prev = state.get(key)
         case_id = prev["case_id"] if prev and "case_id" in prev else _unique(name, taken)
         studies.append(Study(key=key, source=source, images=images, label=lab, case_id=case_id, split=sp,
                              modality=mod, series_uid=series_uid))
-    seen: set[str] = set()
-    unique = []
-    for st in studies:  # the same study named twice (a file and its folder) is ingested once
-        if st.key not in seen:
-            seen.add(st.key)
-            unique.append(st)
-    return IngestPlan(out_dir=out, manifest=manifest_path, studies=unique, failures=failures, state=state)
+    return IngestPlan(out_dir=out, manifest=manifest_path, studies=studies, failures=failures, state=state)
 
 
 # ---------------------------------------------------------------------------------------------
