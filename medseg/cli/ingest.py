@@ -27,8 +27,7 @@ def ingest(
 ) -> None:
     """Validate scans and write each as OUT/<case_id>.nii.gz plus a manifest row.
 
-    Re-runs skip studies whose source bytes are unchanged; a bad source is reported (one line
-    here, a row in OUT/failures.csv) and the others go on; the exit code is 1 when any failed.
+    Re-runs skip unchanged studies (content hash). A bad source is reported (one line here, a row in OUT/failures.csv) and the others go on; the exit code is 1 when any failed.
     """
     from medseg.errors import InputError
     from medseg.ingest import ingest_sources
