@@ -44,13 +44,14 @@ class DenseLayer(nn.Module):
                  memory_efficient: bool) -> None:
         super().__init__()
         self.norm = Norm[norm, spatial_dims](in_channels)
-        self.act = Act["relu"]()
+        self.act = Act["relu"](inplace=True)  # on the norm's fresh output: saves one copy, autograd-safe
         self.conv = Conv[Conv.CONV, spatial_dims](in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout)
         self.memory_efficient = memory_efficient
 
     def _concat_norm_act_conv(self, *features: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.act(self.norm(torch.cat(features, dim=1))))
+        x = features[0] if len(features) == 1 else torch.cat(features, dim=1)
+        return self.conv(self.act(self.norm(x)))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         if self.memory_efficient and torch.is_grad_enabled() and any(f.requires_grad for f in features):

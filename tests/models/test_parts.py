@@ -29,6 +29,8 @@ def test_pad_to_multiple_pads_evenly_and_the_crop_restores_the_input(dims):
     assert torch.equal(padded[crop], x)
     same, crop = pad_to_multiple(padded, (8,) * dims)
     assert same is padded
+    small, crop = pad_to_multiple(torch.randn(1, 1, *(5,) * dims), (4,) * dims, min_multiple=2)
+    assert small.shape[2:] == (8,) * dims and crop[2:] == (slice(1, 6),) * dims
 
 
 @pytest.mark.parametrize(("name", "divisor"), [("unet", 4), ("vnet", 16), ("fcn", 8), ("pspnet", 4),
@@ -239,3 +241,4 @@ def test_tiramisu_dense_layers_see_every_earlier_feature_map():
     block = net.encoder.blocks[0]
     assert [layer.conv.in_channels for layer in block.layers] == [8, 12, 16]
     assert block.out_channels == 8 + 3 * 4
+
