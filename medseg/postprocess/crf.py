@@ -181,8 +181,12 @@ def _prepare_features(img: np.ndarray, cfg: CRFConfig) -> tuple[np.ndarray, list
 
 
 def crf_filters(image: np.ndarray, shape: tuple[int, int, int], spacing_mm: Sequence[float], cfg: CRFConfig,
-                device="cpu", dtype=None):
-    """Build the (spatial, bilateral) filters of ``cfg`` for an image on a grid of ``shape``."""
+                device="cpu", dtype=None, symmetric: bool = True):
+    """Build the (spatial, bilateral) filters of ``cfg`` for an image on a grid of ``shape``.
+
+    ``symmetric=False`` (inference only) splats into the nearest intensity bin: faster, not
+    usable for gradients.
+    """
     import torch
 
     from medseg.postprocess.filters import BilateralGridFilter, GaussianFilter
@@ -193,7 +197,8 @@ def crf_filters(image: np.ndarray, shape: tuple[int, int, int], spacing_mm: Sequ
     feats, isig = _prepare_features(img, cfg)
     spatial = GaussianFilter(shape, [cfg.spatial_sigma_mm / s for s in sp], device=device, dtype=dtype)
     bilateral = BilateralGridFilter(torch.from_numpy(feats), [cfg.bilateral_sigma_mm / s for s in sp], isig,
-                                    device=device, dtype=dtype, cells_per_sigma=cfg.grid_cells_per_sigma)
+                                    device=device, dtype=dtype, cells_per_sigma=cfg.grid_cells_per_sigma,
+                                    symmetric=symmetric)
     return spatial, bilateral
 
 
@@ -269,7 +274,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
     if cfg.method == "naive":
         spatial, bilateral = _naive_filters(image, shape, spacing_mm, cfg, dev, dtype)
     else:
-        spatial, bilateral = crf_filters(image, shape, spacing_mm, cfg, dev, dtype)
+        spatial, bilateral = crf_filters(image, shape, spacing_mm, cfg, dev, dtype, symmetric=False)
     mu = _compat_matrix(cfg, k)
     n = int(np.prod(shape))
 
