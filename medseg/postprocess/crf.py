@@ -289,17 +289,22 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
     q = torch.softmax(logp, dim=0)
     if cfg.iterations == 0:
         return q.reshape((k,) + shape).cpu().numpy()
+    from medseg.postprocess.filters import GaussianFilter
+
     ws, wb = float(cfg.spatial_weight), float(cfg.bilateral_weight)
     mu_t = None if mu is None else torch.from_numpy(mu).to(dev)
     ones = torch.ones(shape, dtype=dtype, device=dev)
     potts_ones = None
     if mu is None:
         # Σ_l K̃ Q_l = K̃ 1: the last class's message follows from the others
-        potts_ones = (ws * spatial(ones) + wb * bilateral(ones)).reshape(-1)
-        del ones
-    from medseg.postprocess.filters import GaussianFilter
+        # (row-normalised smoothness kernel: K 1 / K 1 = 1)
+        s_ones = 1.0 if isinstance(spatial, GaussianFilter) else spatial(ones)
+        potts_ones = (ws * s_ones + wb * bilateral(ones)).reshape(-1)
+        del s_ones, ones
 
-    snorm = spatial.norm.reshape(-1) if isinstance(spatial, GaussianFilter) else None
+    # the smoothness kernel is row-normalised here (out = K q / K 1: one multiply-add per class);
+    # it equals the symmetric normalisation except within ~2σ of the volume's border
+    sinv = spatial.inv_count.reshape(-1) if isinstance(spatial, GaussianFilter) else None
 
     def message(qc: torch.Tensor) -> torch.Tensor:
         """w_s K̃_s q + w_b K̃_b q for one class, one fresh (N,) tensor."""
@@ -310,9 +315,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
         else:
             msg = torch.zeros(n, dtype=dtype, device=dev)
         if ws != 0.0:
-            if snorm is not None:
-                raw = spatial._raw(qc.reshape(shape) * spatial.norm).reshape(-1)
-                msg.addcmul_(raw, snorm, value=ws)
+            if sinv is not None:
+                raw = spatial._raw(qc.reshape(shape)).reshape(-1)
+                msg.addcmul_(raw, sinv, value=ws)
             else:
                 msg.add_(spatial(qc.reshape(shape)).reshape(-1), alpha=ws)
         return msg
@@ -333,19 +338,24 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
                 msg[c] = message(q[c])
             acc.sub_(mu_t @ msg)
             del msg
-        _softmax_rows_(acc)
+        _softmax_rows_(acc, shift=mu is not None or ws + wb > 50.0)
         q, acc = acc, q
     return q.reshape((k,) + shape).cpu().numpy()
 
 
-def _softmax_rows_(x) -> None:
-    """In-place softmax over the first axis of a ``(K, N)`` tensor (row-wise passes, no strided reduction)."""
+def _softmax_rows_(x, shift: bool = True) -> None:
+    """In-place softmax over the first axis of a ``(K, N)`` tensor (row-wise passes, no strided reduction).
+
+    ``shift=False`` skips subtracting the maximum: safe when the values are bounded well inside
+    float32's exp range (Potts: log-probabilities ≥ log 1e-8 plus messages ≤ w_s + w_b).
+    """
     import torch
 
-    m = x[0].clone()
-    for c in range(1, x.shape[0]):
-        torch.maximum(m, x[c], out=m)
-    x.sub_(m)
+    if shift:
+        m = x[0].clone()
+        for c in range(1, x.shape[0]):
+            torch.maximum(m, x[c], out=m)
+        x.sub_(m)
     x.exp_()
     total = x.sum(0)
     x.div_(total)

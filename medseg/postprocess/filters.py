@@ -121,8 +121,10 @@ class GaussianFilter:
         self.device = torch.device(device)
         self.dtype = dtype
         ones = torch.ones(self.shape, device=self.device, dtype=dtype)
-        norm = self._raw(ones)
-        self.norm = torch.rsqrt(norm.clamp_min(1e-20))
+        norm = self._raw(ones).clamp_min(1e-20)
+        self.norm = torch.rsqrt(norm)
+        #: 1 / (K 1): row normalisation, equal to the symmetric one away from the borders
+        self.inv_count = torch.reciprocal(norm)
 
     def _raw(self, q: torch.Tensor) -> torch.Tensor:
         """Unnormalised filter of ``(..., X, Y, Z)``."""
