@@ -286,7 +286,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
     if not torch.isfinite(logp).all():
         raise ValueError("probs contain NaN or Inf")
     logp.clamp_(min=1e-8).log_()
-    q = torch.softmax(logp, dim=0)
+    q = logp.clone()
+    _softmax_rows_(q)
     if cfg.iterations == 0:
         return q.reshape((k,) + shape).cpu().numpy()
     from medseg.postprocess.filters import GaussianFilter
