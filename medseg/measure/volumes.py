@@ -37,7 +37,7 @@ from medseg.io.atomic import atomic_write_text
 from medseg.io.volume import Volume
 
 __all__ = ["compute_volumes", "write_volume_report", "volume_report_rows", "VOLUME_CSV_COLUMNS",
-           "json_ready"]
+           "json_ready", "csv_text"]
 
 # Voxels per slab (bounded temporary memory: a few int64 arrays of this size).
 _SLAB_VOXELS = 1 << 23
@@ -313,12 +313,23 @@ def volume_report_rows(report: dict[str, Any], study: str | None = None) -> list
     return rows
 
 
-def _csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value  # a name from a file must not become a spreadsheet formula
+    return value
+
+
+def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """CSV text of ``rows`` (floats at full precision, ``None`` as an empty cell)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        w.writerow({k: _csv_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -333,7 +344,7 @@ def write_volume_report(report: dict[str, Any], path: str | Path) -> Path:
     if suffix == ".json":
         text = json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n"
     elif suffix == ".csv":
-        text = _csv_text(volume_report_rows(report), VOLUME_CSV_COLUMNS)
+        text = csv_text(volume_report_rows(report), VOLUME_CSV_COLUMNS)
     elif suffix in (".html", ".htm"):
         from medseg.report.volumes import render_volume_report
 
