@@ -156,7 +156,7 @@ def evaluate_case(pair: CasePair, labels: Sequence[int] | None = None, *, lesion
     p, r = np.asarray(pred.array), np.asarray(ref.array)
     if labels is None:
         top = max(int(p.max()), int(r.max())) + 1
-        present = (np.bincount(p.reshape(-1, order="K"), minlength=top) + np.bincount(r.reshape(-1, order="K"), minlength=top)) > 0
+        present = (np.bincount(p.ravel(order="K"), minlength=top) + np.bincount(r.ravel(order="K"), minlength=top)) > 0
         labels = [int(v) for v in np.flatnonzero(present) if v != 0]
     labels = [int(v) for v in labels]
     metrics = case_metrics(p, r, ref.spacing, labels, tolerance_mm=nsd_tolerance_mm)

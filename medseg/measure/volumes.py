@@ -196,7 +196,7 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
         raise ValueError(f"image {image.source} (shape {image.shape}) is not on the segmentation's grid "
                          f"{seg.source} (shape {seg.shape}); resample one onto the other first")
     if labels is None:
-        present = np.flatnonzero(np.bincount(arr.reshape(-1, order="K").astype(np.intp))) if arr.size else []
+        present = np.flatnonzero(np.bincount(arr.ravel(order="K").astype(np.intp))) if arr.size else []
         labels = {int(v): str(int(v)) for v in present if v != 0}
     labels = _check_labels(labels)
     ids = list(labels)
