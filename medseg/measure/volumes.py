@@ -37,7 +37,7 @@ from medseg.io.atomic import atomic_write_text
 from medseg.io.volume import Volume
 
 __all__ = ["compute_volumes", "write_volume_report", "volume_report_rows", "VOLUME_CSV_COLUMNS",
-           "json_ready", "csv_text"]
+           "json_ready", "csv_text", "find_volume_inputs"]
 
 # Voxels per slab (bounded temporary memory: a few int64 arrays of this size).
 _SLAB_VOXELS = 1 << 23
@@ -352,3 +352,40 @@ def write_volume_report(report: dict[str, Any], path: str | Path) -> Path:
     else:
         raise ValueError(f"{path}: unknown report format {path.suffix!r} (use .json, .csv or .html)")
     return atomic_write_text(path, text)
+
+
+def find_volume_inputs(source: str | Path, images: str | Path | None = None, *, split: str | None = None
+                       ) -> list[tuple[str, Path, Path | None]]:
+    """The ``(case, segmentation, image or None)`` triples of a manifest CSV or a folder of label maps.
+
+    A manifest (DESIGN.md) gives the segmentation in its ``label`` column and the image as the
+    first ``image`` path (rows without a label are skipped; ``split`` keeps one split). A folder
+    gives every label map in it, with the image of the same file name (or nnU-Net's ``_0000``)
+    from ``images`` when that folder is given.
+
+    Raises:
+        InputError: a missing source, a manifest error, a folder without label maps.
+    """
+    from medseg.errors import InputError
+    from medseg.measure.evaluate import _find_image, _image_files, case_name
+
+    source = Path(source)
+    if not source.exists():
+        raise InputError(source, "does not exist")
+    if source.is_file() and source.suffix.lower() == ".csv":
+        from medseg.manifest import read_manifest
+
+        rows = read_manifest(source)
+        out = [(r.case_id, r.label, r.images[0]) for r in rows if r.label is not None and (split is None or r.split == split)]
+        if not out:
+            raise InputError(source, "no manifest row has a label (segmentation)" + (f" in split {split!r}" if split else ""))
+        return out
+    if source.is_file():
+        img = Path(images) if images is not None else None
+        if img is not None and img.is_dir():
+            img = _find_image(img, case_name(source))
+        return [(case_name(source), source, img)]
+    files = _image_files(source)
+    if not files:
+        raise InputError(source, "no label maps (.nii.gz, .nii, .nrrd, .mha) in this folder")
+    return [(case_name(p), p, _find_image(Path(images), case_name(p)) if images is not None else None) for p in files.values()]
