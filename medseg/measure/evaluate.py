@@ -33,7 +33,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
 from medseg.measure.lesions import DEFAULT_SIZE_BUCKETS_ML, LesionResult, match_lesions, summarize_lesions
-from medseg.measure.metrics import DEFAULT_NSD_TOLERANCE_MM, case_metrics, overlap_metrics
+from medseg.measure.metrics import DEFAULT_NSD_TOLERANCE_MM, label_metrics, overlap_metrics
 from medseg.measure.volumes import csv_text
 
 __all__ = ["CasePair", "CaseEvaluation", "match_cases", "evaluate_case", "summarize", "write_evaluation", "evaluate",
@@ -155,19 +155,20 @@ def evaluate_case(pair: CasePair, labels: Sequence[int] | None = None, *, lesion
     pred, ref, image = _read_pair(pair)
     p, r = np.asarray(pred.array), np.asarray(ref.array)
     if labels is None:
-        top = max(int(p.max()), int(r.max())) + 1
-        present = (np.bincount(p.ravel(order="K"), minlength=top) + np.bincount(r.ravel(order="K"), minlength=top)) > 0
-        labels = [int(v) for v in np.flatnonzero(present) if v != 0]
+        labels = sorted((set(np.unique(p).tolist()) | set(np.unique(r).tolist())) - {0})
     labels = [int(v) for v in labels]
-    metrics = case_metrics(p, r, ref.spacing, labels, tolerance_mm=nsd_tolerance_mm)
+    metrics: dict[int, dict[str, Any]] = {}
     lesions: dict[int, LesionResult] = {}
     thumbs: dict[tuple[str, str, int], bytes] = {}
     for label in labels:
-        if metrics[label]["n_pred"] == 0 and metrics[label]["n_ref"] == 0:
+        # One pair of masks per label serves the overlap counts, the surfaces and the lesions.
+        pm, rm = p == label, r == label
+        box = _joint_box(pm, rm)
+        metrics[label] = label_metrics(pm, rm, ref.spacing, nsd_tolerance_mm, box=box)
+        if box is None:
             lesions[label] = LesionResult(0, 0, 0, 0)
             continue
-        pm, rm = p == label, r == label
-        res = match_lesions(pm, rm, ref.affine, overlap=lesion_overlap)
+        res = match_lesions(pm, rm, ref.affine, overlap=lesion_overlap, box=box)
         lesions[label] = res
         if thumbnails:
             missed = sorted((les for les in res.lesions if not les.detected), key=lambda les: -les.voxels)
@@ -182,6 +183,18 @@ def evaluate_case(pair: CasePair, labels: Sequence[int] | None = None, *, lesion
         "lesions": {str(label): lesions[label].to_dict() for label in labels},
     }
     return CaseEvaluation(entry=entry, lesions=lesions, thumbnails=thumbs, voxels=int(p.size))
+
+
+def _joint_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding slices of ``a | b`` from per-axis projections (None when both are empty)."""
+    box = []
+    for axis in range(a.ndim):
+        other = tuple(x for x in range(a.ndim) if x != axis)
+        nz = np.flatnonzero(a.any(axis=other) | b.any(axis=other))
+        if not nz.size:
+            return None
+        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(box)
 
 
 def _fill_missing(ev: CaseEvaluation, labels: Sequence[int]) -> None:
