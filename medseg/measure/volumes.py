@@ -40,7 +40,7 @@ __all__ = ["compute_volumes", "write_volume_report", "volume_report_rows", "VOLU
            "json_ready", "csv_text", "find_volume_inputs"]
 
 # Voxels per slab (bounded temporary memory: a few int64 arrays of this size).
-_SLAB_VOXELS = 1 << 23
+_SLAB_VOXELS = 1 << 21
 # Largest (labels × intensity range) histogram used for integer images before falling back to sorting.
 _MAX_HIST_BINS = 1 << 25
 

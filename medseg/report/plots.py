@@ -23,7 +23,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact bounds at the extremes
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def _bucket_label(lo: float, hi: float | None) -> str:
@@ -96,7 +98,7 @@ def intensity_png(names: Sequence[str], mean: Sequence[float], std: Sequence[flo
     return figure_png(fig)
 
 
-def distribution_pngs(values: dict[str, Sequence[float]], per_figure: int = 12, xlabel: str = "volume (mL)") -> list[bytes]:
+def distribution_pngs(values: dict[str, Sequence[float]], per_figure: int = 20, xlabel: str = "volume (mL)") -> list[bytes]:
     """Small multiples: one histogram (with the individual values as ticks) per structure."""
     from matplotlib.figure import Figure
 
@@ -104,9 +106,9 @@ def distribution_pngs(values: dict[str, Sequence[float]], per_figure: int = 12, 
     out = []
     for start in range(0, len(names), per_figure):
         chunk = names[start:start + per_figure]
-        cols = 4
+        cols = 5
         rows = math.ceil(len(chunk) / cols)
-        fig = Figure(figsize=(10, 2.1 * rows))
+        fig = Figure(figsize=(12, 2.0 * rows))
         for i, name in enumerate(chunk):
             ax = fig.add_subplot(rows, cols, i + 1)
             v = np.asarray(values[name], dtype=float)
