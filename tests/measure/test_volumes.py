@@ -151,3 +151,16 @@ def test_float_label_map_on_real_lps_grid(shared_data, tmp_path):
         if rec["voxels"]:
             idx = np.argwhere(seg.array == rec["label"]).mean(axis=0)
             np.testing.assert_allclose(rec["centroid_mm"], (seg.affine @ np.append(idx, 1))[:3], atol=1e-6)
+
+
+def test_huge_label_ids_need_no_huge_tables():
+    from medseg.measure.metrics import confusion_counts
+
+    seg = np.zeros((20, 20, 20), np.uint32)
+    seg[2:5, 2:5, 2:5] = 4_000_000_000  # instance-style ids: no 16 GiB lookup table
+    seg[10:12] = 7
+    report = compute_volumes(Volume(seg, np.eye(4)), labels={7: "slab", 4_000_000_000: "big", 5: "none"})
+    assert [report["structures"][k]["voxels"] for k in ("slab", "big", "none")] == [800, 27, 0]
+    assert report["structures"]["slab"]["touches_border"] and not report["structures"]["big"]["touches_border"]
+    counts = confusion_counts(seg, seg, [4_000_000_000, 7])
+    assert counts[4_000_000_000]["TP"] == 27 and counts[7]["FP"] == 0
