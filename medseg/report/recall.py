@@ -61,7 +61,8 @@ def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str
         rows = []
         for label, stats in all_lesions.items():
             lo, hi = wilson_interval(stats["n_detected"], stats["n_ref"])
-            rows.append([names.get(label, label), label, _pct(stats["recall"]), f"{_pct(lo)}–{_pct(hi)}",
+            rows.append([names.get(label, label), label, _pct(stats["recall"]),
+                         f"{_pct(lo)}–{_pct(hi)}" if stats["n_ref"] else None,
                          stats["n_detected"], stats["n_ref"], _pct(stats["precision"]), stats["n_false_positive"]])
         body.append(table(["structure", "label", "recall", "95% CI", "detected", "reference components", "precision",
                            "false positives"], rows, text_cols=(0, 1, 2, 3, 6)))
