@@ -7,9 +7,11 @@ The model (Krähenbühl & Koltun, NIPS 2011; 3D as in Kamnitsas et al., MedIA 20
     k_s(i, j) = exp(−|p_i − p_j|² / 2σ_s²)                (smoothness; positions p in mm)
     k_b(i, j) = exp(−|p_i − p_j|² / 2σ_b² − Σ_c (I_ic − I_jc)² / 2σ_Ic²)   (appearance)
 
-Mean field: ``Q ← softmax(−U − μ·Σ_m w_m K̃_m Q)`` with the kernels symmetrically normalised
-(``K̃ = D^-1/2 K D^-1/2``, ``D = diag(K 1)``, as in the reference implementation), so the weights
-are comparable with the log-probabilities whatever σ is. Potts compatibility ``μ = 1 − I``.
+Mean field: ``Q ← softmax(−U − μ·Σ_m w_m K̃_m Q)`` with normalised kernels, so that the
+weights are comparable with the log-probabilities whatever σ is: the appearance kernel
+symmetrically (``K̃ = D^-1/2 K D^-1/2``, ``D = diag(K 1)``, as in the reference implementation),
+the smoothness kernel by rows in :func:`dense_crf` (``D^-1 K``: identical away from the volume's
+border, one pass cheaper) and symmetrically in CRF-as-RNN. Potts compatibility ``μ = 1 − I``.
 
 Each iteration filters the ``K`` probability maps with the two kernels at a cost linear in the
 number of voxels (:mod:`medseg.postprocess.filters`: pooled Gaussian and a bilateral grid); with

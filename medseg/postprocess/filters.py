@@ -16,7 +16,8 @@ position (mm) or over position and intensity, at a cost linear in the number of 
   between the two nearest intensity bins (bins of σ_I) of every channel; the grid is blurred with
   a separable Gaussian; each voxel reads back from the same cells with the same weights. Splat
   and slice use the same sparse matrix, so the operator is symmetric (its own adjoint, which
-  CRF-as-RNN's backward pass relies on). The blur widths are reduced by the variance the
+  CRF-as-RNN's backward pass relies on). For inference (``symmetric=False``) each voxel is
+  splatted into its nearest bin only, which halves the splatting. The blur widths are reduced by the variance the
   quantisation adds (1/12 cell² per nearest-cell splat or slice, 1/6 bin² per linear one), so
   the effective kernel keeps the requested σ. Runs of empty intensity bins longer than the blur
   reach are squeezed out (exactly: such bins never exchange mass), so CT's wide HU range costs
