@@ -123,3 +123,10 @@ def phantom_predictor(phantom_model):
     from medseg.inference import Predictor
 
     return Predictor.from_model_dir(phantom_model, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def make_plans():
+    """``make_plans(spatial_dims=3, patch_size=(48, 48, 48), slice_axis=None, out_channels=6) -> ModelPlans``
+    (the phantom model's plans; ``options`` of the U-Net in :data:`UNET_OPTIONS`)."""
+    return phantom_plans
