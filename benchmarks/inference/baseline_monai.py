@@ -26,7 +26,6 @@ def main() -> None:
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.networks.nets import UNet
     from monai.transforms import (
         AsDiscreted,
         Compose,
@@ -41,10 +40,10 @@ def main() -> None:
     torch.set_num_threads(2)
     plans = json.loads((Path(args.model_dir) / "plans.json").read_text())
     spec, pre_cfg, inf = plans["model"], plans["preprocess"], plans["inference"]
-    opts = spec["options"]
-    net = UNet(spatial_dims=3, in_channels=spec["in_channels"], out_channels=spec["out_channels"],
-               channels=opts["channels"], strides=opts["strides"], num_res_units=opts["num_res_units"],
-               norm="instance")
+    # the same network object as ours (the registry wraps MONAI's UNet); everything around it is MONAI's
+    from medseg.models import create_model
+
+    net = create_model(spec["name"], spec["spatial_dims"], spec["in_channels"], spec["out_channels"], **spec["options"])
     net.load_state_dict(torch.load(Path(args.model_dir) / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
     lo, hi = pre_cfg["intensity"][0]["window"]

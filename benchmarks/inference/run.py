@@ -19,7 +19,6 @@ Cases:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -124,19 +123,16 @@ def startup(n: int = 5) -> dict:
 
 
 def phantom_model() -> tuple[Path, Path]:
-    """The tests' phantom U-Net (same training loop, 120 steps), trained once into _work."""
-    from medseg.phantoms import write_phantom_archive
+    """The tests' phantom U-Net (``quick_train_phantom_model``, 300 steps), trained once into _work."""
+    import shutil
 
-    archive = WORK / "phantoms"
-    model = WORK / "phantom_unet"
-    if not (archive / "manifest.csv").exists():
-        write_phantom_archive(archive, 4, splits={"train": 3, "test": 1})
-    if not (model / "model.pt").exists():
-        spec = importlib.util.spec_from_file_location("_infer_fixtures", ROOT / "tests" / "inference" / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mod.train_phantom_model(model, archive)
-    return model, archive
+    from medseg.training import quick_train_phantom_model
+
+    root = WORK / "quick_phantom"
+    if not (root / "model" / "model.pt").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        quick_train_phantom_model(root, steps=300, seed=0)
+    return root / "model", root / "phantoms"
 
 
 def large_case() -> tuple[Path, Path]:
