@@ -189,15 +189,15 @@ def test_labels_equal_whole_volume_inversion(phantom_model, phantom_archive, tmp
     from medseg.inference import Predictor
     from medseg.inference.sliding_window import sliding_window_probabilities
     from medseg.plans import load_plans, save_plans
-    from medseg.preprocess import invert_spatial, preprocess_case
+    from medseg.preprocess import ForegroundCropConfig, invert_spatial, preprocess_case
 
     model_dir = phantom_model
     if crop:
         model_dir = tmp_path / "cropped"
         shutil.copytree(phantom_model, model_dir)
         plans = load_plans(model_dir)
-        plans.preprocess.crop_foreground = {"threshold": -500.0, "margin_vox": 2}
-        save_plans(type(plans).model_validate(plans.model_dump()), model_dir)
+        plans.preprocess.crop_foreground = ForegroundCropConfig(threshold=-500.0, margin_vox=2)
+        save_plans(plans, model_dir)
     predictor = Predictor.from_model_dir(model_dir, device="cpu")
     image = read_volume(phantom_archive / "images" / "phantom_003.nii.gz")
     pred = predictor.predict(image, keep_probabilities=True)
