@@ -78,3 +78,26 @@ def test_cli_import_does_not_load_heavy_libraries():
     assert r.stdout.strip() == ""
     r = subprocess.run([sys.executable, "-m", "medseg", "segment", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--probabilities" in r.stdout and "--tta" in r.stdout
+
+
+def test_cli_crf_and_volume_report(cli, phantom_archive, phantom_model, tmp_path):
+    import json
+
+    image_path = phantom_archive / "images" / "phantom_003.nii.gz"
+    out, report = tmp_path / "seg_crf.nii.gz", tmp_path / "volumes.json"
+    r = cli("segment", image_path, "--model", phantom_model, "-o", out, "--crf", "--volumes", report)
+    assert r.returncode == 0, r.stderr
+    image = read_volume(image_path)
+    seg = read_volume(out)
+    assert seg.shape == image.shape
+    np.testing.assert_allclose(seg.affine, image.affine, atol=1e-5)
+    truth = read_volume(phantom_archive / "labels" / "phantom_003.nii.gz").array
+    a, b = seg.array > 0, truth > 0
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.8
+    data = json.loads(report.read_text())
+    assert data["segmentation"] == str(out)
+    counts = np.bincount(seg.array.ravel(), minlength=6)
+    names = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "tumour"}
+    for lid, name in names.items():
+        assert data["structures"][name]["voxels"] == int(counts[lid])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg_crf.nii.gz", "volumes.json"]
