@@ -1,1 +1,1 @@
-"""Prefect flows: thin orchestration over medseg library functions (each step also callable without Prefect)."""
+"""Prefect flows: thin orchestration over medseg functions."""

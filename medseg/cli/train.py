@@ -35,6 +35,6 @@ def train_command(
                           stop_after_steps=stop_after_steps)
     except InputError:
         raise
-    except ValueError as exc:  # settings a person chose (device, model options, ...)
+    except (ValueError, FloatingPointError) as exc:  # settings a person chose (device, model options, lr, ...)
         raise InputError(config, str(exc)) from None
     typer.echo(str(model_dir))
