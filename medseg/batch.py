@@ -461,7 +461,8 @@ def process_study(plan: StudyPlan, predictor, out_dir: str | Path, options: Batc
         stage = "volumes"
         from medseg.measure.volumes import compute_volumes, write_volume_report
 
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in final.parent.glob(f".{study.study_id}.partial-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
         seg_path = staging / SEGMENTATION_FILE
         write_volume(seg_volume, seg_path, dtype=np.uint8)

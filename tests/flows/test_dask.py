@@ -1,0 +1,29 @@
+"""The batch flow with its per-study tasks on a local Dask cluster of two worker processes."""
+
+from __future__ import annotations
+
+import json
+
+from batch_helpers import write_tiny_archive
+
+
+def test_batch_on_two_dask_workers(prefect_harness, tmp_path, tiny_model):
+    import flows.segment_archive as fsa
+
+    archive = tmp_path / "archive"
+    ids = write_tiny_archive(archive, 6, seed=300)
+    out = tmp_path / "out"
+    record = fsa.segment_archive(str(archive), str(tiny_model), str(out), workers=2)
+    assert record["processed"] == ids and record["failed"] == []
+    for sid in ids:
+        assert (out / "studies" / sid / "segmentation.nii.gz").is_file()
+        state = json.loads((out / "state" / f"{sid}.json").read_text())
+        assert state["status"] == "done"
+    # the studies ran in worker processes, not in this one, and each worker loaded the model once
+    pids = {int(p) for p in record["predictor_loads"]}
+    assert 1 <= len(pids) <= 2 and pids.isdisjoint({__import__("os").getpid()})
+    assert all(n == 1 for n in record["predictor_loads"].values())
+    assert record["workers"] == sorted(pids)
+    # and a re-run on the cluster does nothing again
+    again = fsa.segment_archive(str(archive), str(tiny_model), str(out), workers=2)
+    assert again["processed"] == [] and again["skipped"] == ids
