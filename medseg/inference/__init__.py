@@ -1,0 +1,20 @@
+"""Inference: a model directory loaded once, sliding windows on GPU or CPU, results on the input's grid.
+
+>>> from medseg.inference import Predictor, segment_file
+>>> predictor = Predictor.from_model_dir("runs/phantom/model", device="auto")
+>>> prediction = predictor.predict(read_volume("ct.nii.gz"))      # doctest: +SKIP
+>>> prediction.labels            # uint8 Volume: the input's shape and affine
+>>> prediction.probabilities()   # (X, Y, Z, C) float16, computed when asked for
+>>> segment_file("ct.nii.gz", predictor, "seg.nii.gz")             # doctest: +SKIP
+
+Pipeline per study: the model's own preprocessing (orientation, spacing, intensity) →
+Gaussian-blended sliding windows, streamed in slabs along the last axis (the accumulator never
+holds the whole study's class scores) → per-class trilinear resampling back to the input grid,
+slab by slab, with the argmax taken at once → the inverse orientation.
+"""
+
+from medseg.inference.device import DeviceError, autocast_dtype, resolve_device
+from medseg.inference.predictor import Prediction, Predictor
+from medseg.inference.segment import segment_file
+
+__all__ = ["Predictor", "Prediction", "segment_file", "resolve_device", "autocast_dtype", "DeviceError"]

@@ -1,0 +1,355 @@
+"""The predictor: a model directory loaded once, then any number of studies segmented on their own grid."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.volume import Volume
+from medseg.plans import PLANS_FILE, WEIGHTS_FILE, ModelPlans, load_plans
+from medseg.preprocess import InverseInfo, preprocess_case
+
+__all__ = ["Predictor", "Prediction", "KEEP_PROBABILITIES_AUTO_BYTES"]
+
+# predict(keep_probabilities=None) keeps the float16 class scores of the network grid when they
+# take at most this many bytes (so that Prediction.probabilities() can be asked for later).
+KEEP_PROBABILITIES_AUTO_BYTES = 512 * 2**20
+
+
+def _inverse_orientation(inverse: InverseInfo) -> np.ndarray:
+    """The nibabel orientation transform from the oriented grid back to the input's axes."""
+    inv = np.zeros_like(inverse.ornt_transform)
+    for new_ax, (old_ax, flip) in enumerate(inverse.ornt_transform):
+        inv[int(old_ax)] = (new_ax, flip)
+    return inv
+
+
+def _to_input_axes(array: np.ndarray, inverse: InverseInfo) -> np.ndarray:
+    """Reorient ``array`` (first three axes on the oriented grid, any trailing axes) to the input's axes."""
+    import nibabel as nib
+
+    out = nib.orientations.apply_orientation(array, _inverse_orientation(inverse))
+    if tuple(out.shape[:3]) != tuple(inverse.input_shape):
+        raise RuntimeError(f"reorientation produced {out.shape[:3]}, expected the input's {inverse.input_shape}")
+    return np.ascontiguousarray(out)
+
+
+@dataclass
+class Prediction:
+    """The result of :meth:`Predictor.predict` for one study.
+
+    Attributes:
+        labels: ``uint8`` class ids (``uint16`` beyond 255 classes) on the exact grid of the
+            input: its shape and affine; a NIfTI input's header travels in ``meta`` and is reused
+            on write.
+        label_names: ``{class id: name}`` from the model directory (0, background, excluded).
+        image: the (first channel) input volume, for CRF and intensity statistics.
+        timings: seconds per stage (``preprocess``, ``windows``, ``invert``, ``total``; then
+            ``probabilities`` once asked for).
+    """
+
+    labels: Volume
+    label_names: dict[int, str]
+    image: Volume
+    timings: dict[str, float] = field(default_factory=dict)
+    _network_scores: np.ndarray | None = field(default=None, repr=False)
+    _inverse: InverseInfo | None = field(default=None, repr=False)
+    _input_grid_scores: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_classes(self) -> int:
+        if self._input_grid_scores is not None:
+            return int(self._input_grid_scores.shape[0])
+        if self._network_scores is not None:
+            return int(self._network_scores.shape[0])
+        return max(self.label_names, default=0) + 1
+
+    @property
+    def has_probabilities(self) -> bool:
+        return self._network_scores is not None or self._input_grid_scores is not None
+
+    def probabilities(self, dtype=np.float16) -> np.ndarray:
+        """Softmax probabilities ``(X, Y, Z, C)`` on the input grid (channel c = label c).
+
+        Computed on request from the float16 scores kept on the network grid (resampled to the
+        input's grid channel slab by slab, then reoriented), so they cost memory only when asked
+        for: ``X·Y·Z·C`` values of ``dtype``.
+
+        Raises:
+            ValueError: the prediction was made with ``keep_probabilities=False`` (or ``None``
+                on a study too big to keep them automatically).
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"probabilities dtype must be a float type, not {dtype}")
+        if self._input_grid_scores is not None:
+            return np.ascontiguousarray(np.moveaxis(self._input_grid_scores, 0, -1).astype(dtype, copy=False))
+        if self._network_scores is None or self._inverse is None:
+            raise ValueError("probabilities were not kept for this prediction: call "
+                             "Predictor.predict(..., keep_probabilities=True)")
+        from medseg.inference.resample import SlabResampler
+
+        t0 = time.perf_counter()
+        scores = self._network_scores
+        k = scores.shape[0]
+        oriented = np.empty(tuple(self._inverse.oriented_shape) + (k,), dtype=dtype)
+        resampler = SlabResampler(scores.shape[1:], self._inverse.oriented_shape, k)
+        step = 8
+        for z in range(0, scores.shape[-1], step):
+            slab = scores[..., z:z + step].astype(np.float32)
+            for oz, chunk in resampler.push(slab):
+                oriented[:, :, oz:oz + chunk.shape[-1], :] = np.moveaxis(chunk, 0, -1)
+        out = _to_input_axes(oriented, self._inverse)
+        self.timings["probabilities"] = time.perf_counter() - t0
+        return out
+
+    def with_probabilities(self, probabilities: np.ndarray) -> "Prediction":
+        """A new prediction from refined probabilities ``(K, X, Y, Z)`` on the input grid (e.g. CRF).
+
+        Labels become their argmax; :meth:`probabilities` returns them.
+        """
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if probabilities.ndim != 4 or tuple(probabilities.shape[1:]) != self.labels.shape:
+            raise ValueError(f"probabilities must be (K, {', '.join(map(str, self.labels.shape))}), "
+                             f"not {probabilities.shape}")
+        labels = probabilities.argmax(axis=0).astype(self.labels.array.dtype)
+        return Prediction(labels=self.labels.with_array(labels), label_names=self.label_names, image=self.image,
+                          timings=dict(self.timings), _input_grid_scores=probabilities)
+
+
+class Predictor:
+    """A model directory loaded once: segments any number of studies.
+
+    Build it with :meth:`from_model_dir`. The network is put in eval mode at load (never in
+    :meth:`predict`); windows run on ``device`` (GPU or CPU), stitching and resampling on the CPU.
+    """
+
+    def __init__(self, net, plans: ModelPlans, *, device, autocast: str = "none", tta: bool = False,
+                 overlap: float | None = None, window_batch: int = 2, model_dir: str | None = None):
+        from medseg.inference.device import autocast_dtype
+        from medseg.inference.sliding_window import gaussian_importance
+
+        if window_batch < 1:
+            raise ValueError(f"window_batch must be at least 1, not {window_batch}")
+        overlap = plans.inference.overlap if overlap is None else float(overlap)
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+        self.net = net
+        self.plans = plans
+        self.device = device
+        self.autocast = autocast
+        self.autocast_dtype = autocast_dtype(device.type, autocast)
+        self.tta = bool(tta)
+        self.overlap = overlap
+        self.window_batch = int(window_batch)
+        self.model_dir = model_dir
+        self.n_classes = plans.model.out_channels
+        self.window = self._window_shape(plans)
+        self._importance = gaussian_importance(self.window)
+        self._importance_t = None  # on the device, made on first use
+
+    @staticmethod
+    def _window_shape(plans: ModelPlans) -> tuple[int, int, int]:
+        """The 3D window: ``patch_size``, or for a 2D model the 2D patch with 1 at ``slice_axis``."""
+        patch = tuple(int(p) for p in plans.inference.patch_size)
+        if plans.model.spatial_dims == 3:
+            if len(patch) != 3 or plans.inference.slice_axis is not None:
+                raise ValueError(f"a 3D model needs a 3-value patch_size and no slice_axis, not {patch} and "
+                                 f"{plans.inference.slice_axis}")
+            return patch  # type: ignore[return-value]
+        axis = plans.inference.slice_axis
+        if axis is None or len(patch) != 2:
+            raise ValueError(f"a 2D model needs a 2-value patch_size and a slice_axis, not {patch} and {axis}")
+        window = list(patch)
+        window.insert(axis, 1)
+        return tuple(window)  # type: ignore[return-value]
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", autocast: str = "none",
+                       tta: bool = False, overlap: float | None = None, window_batch: int = 2,
+                       num_threads: int | None = None) -> "Predictor":
+        """Load ``MODEL_DIR`` (``plans.json`` + ``model.pt``) once.
+
+        Args:
+            model_dir: a model directory (see :mod:`medseg.plans`).
+            device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+            autocast: ``"none"`` (float32), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA only).
+            tta: mirror test-time augmentation (every combination of flips of the spatial axes,
+                probabilities averaged): 8× the work in 3D, 4× in 2D.
+            overlap: window overlap fraction (default: the model's ``plans.inference.overlap``).
+            window_batch: windows per forward pass.
+            num_threads: torch CPU threads; on the CPU the default is 2 (the fastest setting on
+                small machines; more threads were slower here).
+
+        Raises:
+            InputError: not a model directory, unreadable weights, weights that do not fit the
+                architecture in ``plans.json``.
+            DeviceError: CUDA asked for and absent.
+        """
+        from medseg.inference.device import autocast_dtype, resolve_device
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise InputError(model_dir, "model directory does not exist" if not model_dir.exists()
+                             else "is not a folder (expected a model directory with plans.json and model.pt)")
+        plans = load_plans(model_dir)
+        weights = model_dir / WEIGHTS_FILE
+        if not weights.is_file():
+            raise InputError(model_dir, f"not a complete model directory (no {WEIGHTS_FILE})")
+        import torch
+
+        from medseg.models import create_model
+
+        dev = resolve_device(device)
+        autocast_dtype(dev.type, autocast)  # fail before the load when the mode is impossible here
+        if dev.type == "cpu" or num_threads is not None:
+            torch.set_num_threads(int(num_threads or 2))
+        spec = plans.model
+        try:
+            net = create_model(spec.name, spatial_dims=spec.spatial_dims, in_channels=spec.in_channels,
+                               out_channels=spec.out_channels, **spec.options)
+        except (ValueError, TypeError) as exc:
+            raise InputError(model_dir / PLANS_FILE, f"cannot build the model: {exc}") from None
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt zip, truncated file, a pickle with code (refused by weights_only)
+            raise InputError(weights, f"not a readable weights file ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+        if not isinstance(state, dict):
+            raise InputError(weights, f"holds a {type(state).__name__}, expected a state_dict")
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # load_state_dict reports mismatched keys/shapes this way
+            first = str(exc).splitlines()
+            raise InputError(weights, "weights do not fit the architecture in plans.json "
+                             f"({' '.join(line.strip() for line in first[:2])[:300]})") from None
+        net.eval()
+        net.to(dev)
+        return cls(net, plans, device=dev, autocast=autocast, tta=tta, overlap=overlap,
+                   window_batch=window_batch, model_dir=str(model_dir))
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return dict(self.plans.labels)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.plans.model.spatial_dims == 2
+
+    # ---- windows -------------------------------------------------------------------------
+
+    def _flip_sets(self, tta: bool) -> list[tuple[int, ...]]:
+        """Tensor dims to flip (of ``(B, C, *spatial)`` as seen by the network) for each TTA pass."""
+        n = self.plans.model.spatial_dims
+        dims = tuple(range(2, 2 + n))
+        if not tta:
+            return [()]
+        return [c for r in range(n + 1) for c in itertools.combinations(dims, r)]
+
+    def window_scores(self, batch: np.ndarray, *, tta: bool | None = None) -> np.ndarray:
+        """Network on a batch of windows: ``(B, C, px, py, pz)`` → softmax ``(B, K, px, py, pz)``
+        float32 multiplied by the Gaussian window weights (computed on the device)."""
+        import torch
+
+        tta = self.tta if tta is None else tta
+        dev = self.device
+        if self._importance_t is None:
+            self._importance_t = torch.from_numpy(self._importance).to(dev)
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if dev.type == "cuda":
+            x = x.pin_memory().to(dev, non_blocking=True)
+        slice_dim = None
+        if self.is_2d:
+            slice_dim = 2 + int(self.plans.inference.slice_axis)
+            x = x.squeeze(slice_dim)
+        flips = self._flip_sets(tta)
+        total = None
+        with torch.inference_mode():
+            ctx = (torch.autocast(device_type=dev.type, dtype=self.autocast_dtype)
+                   if self.autocast_dtype is not None else contextlib.nullcontext())
+            for dims in flips:
+                xin = torch.flip(x, dims) if dims else x
+                with ctx:
+                    logits = self.net(xin)
+                probs = torch.softmax(logits.float(), dim=1)
+                if dims:
+                    probs = torch.flip(probs, dims)
+                total = probs if total is None else total.add_(probs)
+            if len(flips) > 1:
+                total.div_(len(flips))
+            if slice_dim is not None:
+                total = total.unsqueeze(slice_dim)
+            total.mul_(self._importance_t)
+            return total.cpu().numpy()
+
+    # ---- studies -------------------------------------------------------------------------
+
+    def predict(self, images: Volume | Sequence[Volume], *, tta: bool | None = None,
+                keep_probabilities: bool | None = None) -> Prediction:
+        """Segment one study.
+
+        Args:
+            images: the study: one :class:`Volume` or one per input channel (same grid), in the
+                order of the model's ``channel_names``.
+            tta: override the predictor's mirror TTA setting for this call.
+            keep_probabilities: keep the float16 class scores of the network grid so that
+                :meth:`Prediction.probabilities` can be asked for; ``None`` keeps them when they
+                take at most :data:`KEEP_PROBABILITIES_AUTO_BYTES`.
+
+        Returns:
+            :class:`Prediction` whose ``labels`` lie on the input's exact grid.
+        """
+        from medseg.inference.resample import SlabResampler
+        from medseg.inference.sliding_window import iter_probability_slabs
+
+        vols = [images] if isinstance(images, Volume) else list(images)
+        if not vols or not all(isinstance(v, Volume) for v in vols):
+            raise TypeError("images must be a Volume or a non-empty list of Volumes (one per channel)")
+        if len(vols) != self.plans.model.in_channels:
+            names = ", ".join(self.plans.channel_names)
+            raise InputError(vols[0].source, f"the model takes {self.plans.model.in_channels} channel(s) ({names}), "
+                             f"{len(vols)} image(s) given")
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        case = preprocess_case(vols, self.plans.preprocess)
+        timings["preprocess"] = time.perf_counter() - t_start
+        inverse = case.inverse
+        k = self.n_classes
+        net_shape = tuple(int(s) for s in case.image.shape[1:])
+        if keep_probabilities is None:
+            keep_probabilities = k * int(np.prod(net_shape)) * 2 <= KEEP_PROBABILITIES_AUTO_BYTES
+        kept = np.empty((k,) + net_shape, dtype=np.float16) if keep_probabilities else None
+        label_dtype = np.uint8 if k <= 256 else np.uint16
+        labels_oriented = np.empty(tuple(inverse.oriented_shape), dtype=label_dtype)
+        resampler = SlabResampler(net_shape, inverse.oriented_shape, k)
+        t_invert = 0.0
+        t0 = time.perf_counter()
+        for z0, slab in iter_probability_slabs(case.image, lambda b: self.window_scores(b, tta=tta), k, self.window,
+                                               overlap=self.overlap, window_batch=self.window_batch,
+                                               importance=self._importance):
+            t1 = time.perf_counter()
+            if kept is not None:
+                kept[..., z0:z0 + slab.shape[-1]] = slab
+            for oz, chunk in resampler.push(slab):
+                labels_oriented[..., oz:oz + chunk.shape[-1]] = chunk.argmax(axis=0)
+            t_invert += time.perf_counter() - t1
+        if not resampler.done:
+            raise RuntimeError("sliding window ended before every output slice was produced")
+        t1 = time.perf_counter()
+        labels = _to_input_axes(labels_oriented, inverse)
+        t_invert += time.perf_counter() - t1
+        timings["windows"] = time.perf_counter() - t0 - t_invert
+        timings["invert"] = t_invert
+        timings["total"] = time.perf_counter() - t_start
+        ref = vols[0]
+        seg = Volume(array=labels, affine=ref.affine.copy(), source=None,
+                     meta={k_: v for k_, v in ref.meta.items() if k_ in ("nifti_header", "dicom", "format")})
+        return Prediction(labels=seg, label_names=self.label_names, image=ref, timings=timings,
+                          _network_scores=kept, _inverse=inverse)
