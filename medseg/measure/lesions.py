@@ -98,7 +98,8 @@ def _crop(*masks: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def match_lesions(pred_mask: np.ndarray, ref_mask: np.ndarray, affine: np.ndarray, overlap: float = 0.1) -> LesionResult:
+def match_lesions(pred_mask: np.ndarray, ref_mask: np.ndarray, affine: np.ndarray, overlap: float = 0.1,
+                  box: tuple[slice, ...] | None = None) -> LesionResult:
     """Match the lesions of one binary prediction against one binary reference.
 
     Args:
@@ -106,6 +107,8 @@ def match_lesions(pred_mask: np.ndarray, ref_mask: np.ndarray, affine: np.ndarra
         affine: ``(4, 4)`` voxel → world (mm) map of that grid (voxel volume from its determinant).
         overlap: fraction of a reference lesion's voxels that predicted foreground must cover for
             the lesion to count as detected, in ``(0, 1]``.
+        box: optional slices holding every voxel of both masks (their joint bounding box); only
+            that box is labelled. Computed when not given.
 
     Returns:
         A :class:`LesionResult` with one :class:`LesionRecord` per reference lesion and a short
@@ -119,7 +122,8 @@ def match_lesions(pred_mask: np.ndarray, ref_mask: np.ndarray, affine: np.ndarra
         raise ValueError(f"pred mask shape {pred_mask.shape} differs from ref mask shape {ref_mask.shape}")
     affine = np.asarray(affine, dtype=np.float64)
     vox_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    box = _crop(pred_mask, ref_mask)
+    if box is None:
+        box = _crop(pred_mask, ref_mask)
     if box is None:
         return LesionResult(0, 0, 0, 0)
     offset = np.array([s.start for s in box], dtype=np.float64)

@@ -37,10 +37,10 @@ from medseg.io.atomic import atomic_write_text
 from medseg.io.volume import Volume
 
 __all__ = ["compute_volumes", "write_volume_report", "volume_report_rows", "VOLUME_CSV_COLUMNS",
-           "json_ready"]
+           "json_ready", "csv_text", "find_volume_inputs"]
 
 # Voxels per slab (bounded temporary memory: a few int64 arrays of this size).
-_SLAB_VOXELS = 1 << 23
+_SLAB_VOXELS = 1 << 21
 # Largest (labels × intensity range) histogram used for integer images before falling back to sorting.
 _MAX_HIST_BINS = 1 << 25
 
@@ -196,7 +196,7 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
         raise ValueError(f"image {image.source} (shape {image.shape}) is not on the segmentation's grid "
                          f"{seg.source} (shape {seg.shape}); resample one onto the other first")
     if labels is None:
-        present = np.flatnonzero(np.bincount(arr.reshape(-1, order="K").astype(np.intp))) if arr.size else []
+        present = np.flatnonzero(np.bincount(arr.ravel(order="K").astype(np.intp))) if arr.size else []
         labels = {int(v): str(int(v)) for v in present if v != 0}
     labels = _check_labels(labels)
     ids = list(labels)
@@ -313,12 +313,23 @@ def volume_report_rows(report: dict[str, Any], study: str | None = None) -> list
     return rows
 
 
-def _csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value  # a name from a file must not become a spreadsheet formula
+    return value
+
+
+def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """CSV text of ``rows`` (floats at full precision, ``None`` as an empty cell)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        w.writerow({k: _csv_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -333,7 +344,7 @@ def write_volume_report(report: dict[str, Any], path: str | Path) -> Path:
     if suffix == ".json":
         text = json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n"
     elif suffix == ".csv":
-        text = _csv_text(volume_report_rows(report), VOLUME_CSV_COLUMNS)
+        text = csv_text(volume_report_rows(report), VOLUME_CSV_COLUMNS)
     elif suffix in (".html", ".htm"):
         from medseg.report.volumes import render_volume_report
 
@@ -341,3 +352,40 @@ def write_volume_report(report: dict[str, Any], path: str | Path) -> Path:
     else:
         raise ValueError(f"{path}: unknown report format {path.suffix!r} (use .json, .csv or .html)")
     return atomic_write_text(path, text)
+
+
+def find_volume_inputs(source: str | Path, images: str | Path | None = None, *, split: str | None = None
+                       ) -> list[tuple[str, Path, Path | None]]:
+    """The ``(case, segmentation, image or None)`` triples of a manifest CSV or a folder of label maps.
+
+    A manifest (DESIGN.md) gives the segmentation in its ``label`` column and the image as the
+    first ``image`` path (rows without a label are skipped; ``split`` keeps one split). A folder
+    gives every label map in it, with the image of the same file name (or nnU-Net's ``_0000``)
+    from ``images`` when that folder is given.
+
+    Raises:
+        InputError: a missing source, a manifest error, a folder without label maps.
+    """
+    from medseg.errors import InputError
+    from medseg.measure.evaluate import _find_image, _image_files, case_name
+
+    source = Path(source)
+    if not source.exists():
+        raise InputError(source, "does not exist")
+    if source.is_file() and source.suffix.lower() == ".csv":
+        from medseg.manifest import read_manifest
+
+        rows = read_manifest(source)
+        out = [(r.case_id, r.label, r.images[0]) for r in rows if r.label is not None and (split is None or r.split == split)]
+        if not out:
+            raise InputError(source, "no manifest row has a label (segmentation)" + (f" in split {split!r}" if split else ""))
+        return out
+    if source.is_file():
+        img = Path(images) if images is not None else None
+        if img is not None and img.is_dir():
+            img = _find_image(img, case_name(source))
+        return [(case_name(source), source, img)]
+    files = _image_files(source)
+    if not files:
+        raise InputError(source, "no label maps (.nii.gz, .nii, .nrrd, .mha) in this folder")
+    return [(case_name(p), p, _find_image(Path(images), case_name(p)) if images is not None else None) for p in files.values()]

@@ -1,0 +1,108 @@
+"""The tumour/lesion-recall report (HTML) of an evaluation (``medseg evaluate`` → ``report.html``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from medseg.report.html import esc, fmt, page, png_img, section, table
+
+__all__ = ["render_recall_report", "recall_headline", "MAX_THUMBNAILS"]
+
+# Missed lesions shown with a picture (the table lists them all).
+MAX_THUMBNAILS = 60
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def recall_headline(stats: dict[str, Any]) -> str:
+    """``"Lesion recall 87.5% (95% CI 73.9–94.5%): 35 of 40 reference lesions detected"`` (plain text)."""
+    from medseg.report.plots import wilson_interval
+
+    n, k = int(stats["n_ref"]), int(stats["n_detected"])
+    if n == 0:
+        return "No reference lesions"
+    lo, hi = wilson_interval(k, n)
+    return f"Lesion recall {_pct(k / n)} (95% CI {_pct(lo)}–{_pct(hi)}): {k} of {n} reference lesions detected"
+
+
+def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str, Any]],
+                         thumbnails: dict[tuple[str, str, int], bytes] | None = None) -> str:
+    """The recall report page.
+
+    Args:
+        summary: the evaluation summary (``summary.json`` content; see :mod:`medseg.measure.evaluate`).
+        lesion_rows: per reference lesion: ``case``, ``label``, ``label_name``, ``lesion_id``,
+            ``volume_ml``, ``centroid_x_mm``…, ``detected``, ``covered_fraction``.
+        thumbnails: PNG bytes of missed lesions keyed by ``(case, label, lesion_id)``.
+    """
+    from medseg.report.plots import recall_by_size_png, wilson_interval
+
+    thumbnails = thumbnails or {}
+    names = summary.get("labels", {})
+    body = []
+    for label, stats in summary.get("lesions", {}).items():
+        name = names.get(label, label)
+        extra = (f"; precision {_pct(stats['precision'])}, F1 {_pct(stats['f1'])}; "
+                 f"{stats['n_false_positive']} false-positive component(s) of {stats['n_pred']} predicted")
+        body.append(f'<div class="headline"><b>{esc(name)}</b> (label {esc(label)}): {esc(recall_headline(stats))}'
+                    f"{esc(extra)}</div>")
+    body.append('<p class="meta">Reference: ' + esc(summary.get("reference", "")) + "<br>Prediction: "
+                + esc(summary.get("prediction", "")) + "<br>A reference lesion (26-connected component) is detected when "
+                f"predicted foreground covers at least {fmt(100 * summary.get('lesion_overlap', 0.1), 0)}% of its voxels; "
+                "a predicted component touching no reference lesion is a false positive. "
+                "Confidence intervals are Wilson score intervals treating lesions as independent.</p>")
+    for label, stats in summary.get("lesions", {}).items():
+        name = names.get(label, label)
+        if not stats["n_ref"]:
+            continue
+        rows = []
+        for b in stats["by_size"]:
+            lo, hi = wilson_interval(b["n_detected"], b["n_ref"])
+            rows.append([f"{b['min_ml']:g}–{'∞' if b['max_ml'] is None else format(b['max_ml'], 'g')} mL", b["n_ref"],
+                         b["n_detected"], _pct(b["recall"]) if b["n_ref"] else None,
+                         f"{_pct(lo)}–{_pct(hi)}" if b["n_ref"] else None])
+        by_size = [{**b, "max_ml": math.inf if b["max_ml"] is None else b["max_ml"]} for b in stats["by_size"]]
+        body.append(section(f"Recall by lesion size: {name}",
+                            png_img(recall_by_size_png(by_size, title=str(name)), f"recall by size, {name}")
+                            + table(["size", "reference lesions", "detected", "recall", "95% CI"], rows,
+                                    text_cols=(0, 3, 4))))
+    # Per-study table.
+    rows = []
+    for case in summary.get("metric_per_case", []):
+        for label, les in case.get("lesions", {}).items():
+            m = case["metrics"].get(label, {})
+            rows.append([case.get("case", ""), names.get(label, label), les["n_ref"], les["n_detected"],
+                         _pct(les["recall"]), les["n_pred"], les["n_false_positive"], m.get("Dice"), m.get("HD95"),
+                         m.get("NSD")])
+    body.append(section("Per study", table(["study", "structure", "reference lesions", "detected", "recall",
+                                             "predicted components", "false positives", "Dice", "HD95 (mm)", "NSD"],
+                                            rows, text_cols=(0, 1, 4), digits=3)))
+    mean_rows = [[names.get(label, label), m.get("Dice"), m.get("IoU"), m.get("HD95"), m.get("NSD")]
+                 for label, m in summary.get("mean", {}).items()]
+    body.append(section("Voxel-wise metrics (mean over studies, NaN excluded)",
+                        table(["structure", "Dice", "IoU", "HD95 (mm)", "NSD"], mean_rows, digits=3)))
+    missed = [r for r in lesion_rows if not r["detected"]]
+    missed.sort(key=lambda r: -r["volume_ml"])
+    mrows = [[r["case"], r.get("label_name", r["label"]), r["lesion_id"], r["volume_ml"],
+              f"{r['centroid_x_mm']:.1f}, {r['centroid_y_mm']:.1f}, {r['centroid_z_mm']:.1f}",
+              _pct(r["covered_fraction"])] for r in missed]
+    thumbs = []
+    for r in missed:
+        png = thumbnails.get((str(r["case"]), str(r["label"]), int(r["lesion_id"])))
+        if png is None or len(thumbs) >= MAX_THUMBNAILS:
+            continue
+        cap = (f"{r['case']} · {r.get('label_name', r['label'])} #{r['lesion_id']} · {r['volume_ml']:.3f} mL · "
+               f"({r['centroid_x_mm']:.0f}, {r['centroid_y_mm']:.0f}, {r['centroid_z_mm']:.0f}) mm · "
+               f"covered {_pct(r['covered_fraction'])}")
+        thumbs.append(f'<div class="thumb">{png_img(png, "missed lesion " + cap)}<br>{esc(cap)}</div>')
+    note = ("<p class=\"meta\">Thumbnails: axial slice through each missed lesion, radiological view (patient's right "
+            "on the left); green = reference, red = prediction. "
+            + (f"The {MAX_THUMBNAILS} largest are shown." if len(missed) > MAX_THUMBNAILS else "") + "</p>")
+    body.append(section(f"Missed lesions ({len(missed)})",
+                        (table(["study", "structure", "lesion", "volume (mL)", "centroid x, y, z (mm)", "covered"],
+                               mrows, text_cols=(0, 1, 4, 5), digits=4) + note
+                         + f'<div class="thumbs">{"".join(thumbs)}</div>') if missed else "<p>None: every reference lesion was detected.</p>"))
+    return page("Lesion recall report", "".join(body))

@@ -1,0 +1,153 @@
+"""Volume reports: TotalSegmentator's statistics reproduced; one-pass numbers equal per-label numpy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from medseg.io import Volume, read_label, read_volume, write_nifti_array, write_volume
+from medseg.measure.volumes import compute_volumes, write_volume_report
+
+
+def test_cli_reproduces_totalsegmentator_statistics(shared_data, cli, tmp_path):
+    ct = shared_data / "ct_abdomen"
+    out = tmp_path / "R.json"
+    proc = cli("volumes", ct / "example_ct_sm_seg.nii.gz", "--image", ct / "example_ct_sm.nii.gz",
+               "--labels", ct / "labels.json", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    theirs = json.loads((ct / "example_ct_sm_statistics.json").read_text())
+    assert len(theirs) == 117 and set(report["structures"]) == set(theirs)
+    assert report["spacing_mm"] == [3.0, 3.0, 3.0]
+    for name, ref in theirs.items():
+        ours = report["structures"][name]
+        assert ours["volume_ml"] * 1000.0 == pytest.approx(ref["volume"], abs=1e-6), name  # theirs is mm³
+        assert ours["voxels"] * 27 == ref["volume"], name
+        if ref["volume"] > 0:
+            assert abs(ours["intensity_mean"] - ref["intensity"]) <= 1e-3, name
+        else:
+            assert ours["intensity_mean"] is None and ours["centroid_mm"] is None and ours["touches_border"] is False
+    # A 30-slice crop of an abdomen: the liver is cut by the field of view and says so.
+    assert report["structures"]["liver"]["touches_border"] is True
+
+
+def _naive(seg: np.ndarray, img: np.ndarray, affine: np.ndarray, label: int) -> dict:
+    """The per-label-mask loop of the field, for comparison."""
+    mask = seg == label
+    vals = img[mask].astype(np.float64)
+    idx = np.argwhere(mask)
+    return {"voxels": int(mask.sum()), "mean": vals.mean(), "std": vals.std(), "min": vals.min(), "max": vals.max(),
+            "median": float(np.median(vals)), "centroid": (affine @ np.append(idx.mean(axis=0), 1.0))[:3],
+            "lo": idx.min(axis=0), "hi": idx.max(axis=0)}
+
+
+@pytest.mark.parametrize("image_dtype", [np.int16, np.float32])
+def test_one_pass_matches_per_label_loop_on_oblique_anisotropic_grid(image_dtype):
+    rng = np.random.default_rng(0)
+    shape = (40, 33, 21)
+    seg = np.zeros(shape, np.uint8)
+    seg[3:20, 5:30, 2:10] = 1
+    seg[10:39, 0:7, 5:21] = 2  # touches the border (j = 0 and k = 20)
+    seg[25:30, 20:28, 3:8] = 7
+    seg[rng.random(shape) < 0.02] = 4  # scattered voxels
+    img = rng.normal(30, 50, shape).astype(image_dtype)
+    theta = np.deg2rad(20)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.8, 1.2, 3.0]) @ np.diag([-1, 1, 1])
+    affine[:3, 3] = [10.0, -20.0, 35.0]
+    labels = {1: "a", 2: "b", 4: "c", 7: "d", 9: "absent"}
+    report = compute_volumes(Volume(seg, affine, "seg"), Volume(img, affine, "img"), labels)
+    vox_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
+    assert report["voxel_volume_ml"] == pytest.approx(0.8 * 1.2 * 3.0 / 1000)
+    for label, name in labels.items():
+        rec = report["structures"][name]
+        assert rec["label"] == label
+        if label == 9:
+            assert rec["voxels"] == 0 and rec["volume_ml"] == 0.0 and rec["intensity_mean"] is None
+            continue
+        ref = _naive(seg, img, affine, label)
+        assert rec["voxels"] == ref["voxels"]
+        assert rec["volume_ml"] == pytest.approx(ref["voxels"] * vox_ml, rel=1e-12)
+        for key in ("mean", "std", "min", "max", "median"):
+            assert rec[f"intensity_{key}"] == pytest.approx(ref[key], rel=1e-9, abs=1e-9), (name, key)
+        np.testing.assert_allclose(rec["centroid_mm"], ref["centroid"], atol=1e-9)
+        assert rec["bbox_voxels"] == [ref["lo"].tolist(), ref["hi"].tolist()]
+        corners = np.array([[i, j, k, 1] for i in (ref["lo"][0], ref["hi"][0]) for j in (ref["lo"][1], ref["hi"][1])
+                            for k in (ref["lo"][2], ref["hi"][2])], float)
+        world = (affine @ corners.T)[:3]
+        np.testing.assert_allclose(rec["bbox_mm"], [world.min(axis=1), world.max(axis=1)], atol=1e-9)
+    assert report["structures"]["b"]["touches_border"] is True
+    assert report["structures"]["a"]["touches_border"] is False
+
+
+def test_default_labels_are_the_ids_present_and_soft_volumes():
+    seg = np.zeros((10, 12, 8), np.uint8)
+    seg[2:5, 2:5, 2:5] = 3
+    seg[6:9, 6:10, 1:4] = 1
+    probs = np.zeros((4,) + seg.shape, np.float32)
+    probs[0] = 1.0
+    probs[3][seg == 3] = 0.75
+    probs[1][seg == 1] = 0.5
+    probs[1, 0, 0, 0] = 0.25
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    report = compute_volumes(Volume(seg, affine), labels=None, probabilities=probs)
+    assert list(report["structures"]) == ["1", "3"]
+    vox_ml = 0.01
+    assert report["structures"]["3"]["volume_ml"] == pytest.approx(27 * vox_ml)
+    assert report["structures"]["3"]["volume_ml_soft"] == pytest.approx(27 * 0.75 * vox_ml)
+    assert report["structures"]["1"]["volume_ml_soft"] == pytest.approx((36 * 0.5 + 0.25) * vox_ml)
+    with pytest.raises(ValueError, match="probabilities"):
+        compute_volumes(Volume(seg, affine), probabilities=probs[:, :5])
+
+
+def test_report_formats_and_cli_errors(shared_data, cli, tmp_path):
+    ct = shared_data / "ct_abdomen"
+    seg = read_label(ct / "example_ct_sm_seg.nii.gz")
+    img = read_volume(ct / "example_ct_sm.nii.gz")
+    report = compute_volumes(seg, img, {5: "liver", 1: "spleen", 250: "nothing"})
+    write_volume_report(report, tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and json.loads(text)["structures"]["nothing"]["intensity_mean"] is None
+    write_volume_report(report, tmp_path / "r.csv")
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [r["structure"] for r in rows] == ["liver", "spleen", "nothing"]
+    assert float(rows[0]["volume_ml"]) == report["structures"]["liver"]["volume_ml"]  # full precision
+    assert rows[2]["intensity_mean"] == ""
+    with pytest.raises(ValueError, match="unknown report format"):
+        write_volume_report(report, tmp_path / "r.txt")
+    # Soft volumes through the CLI from a real 4D probabilities file.
+    probs = np.zeros(seg.shape + (6,), np.float32)
+    probs[..., 5] = (seg.array == 5) * 0.5
+    write_nifti_array(probs, seg.affine, tmp_path / "p.nii.gz")
+    proc = cli("volumes", ct / "example_ct_sm_seg.nii.gz", "--labels", ct / "labels.json",
+               "--probabilities", tmp_path / "p.nii.gz", "-o", tmp_path / "soft.json")
+    assert proc.returncode == 0, proc.stderr
+    soft = json.loads((tmp_path / "soft.json").read_text())["structures"]
+    assert soft["liver"]["volume_ml_soft"] == pytest.approx(soft["liver"]["volume_ml"] / 2)
+    assert soft["spleen"]["volume_ml_soft"] == 0.0 and soft["colon"]["volume_ml_soft"] is None
+    # An image on another grid: one line naming the image file.
+    proc = cli("volumes", ct / "example_ct_sm_seg.nii.gz", "--image", ct / "example_ct.nii.gz", "-o", tmp_path / "x.json")
+    assert proc.returncode == 1 and not (tmp_path / "x.json").exists()
+    assert proc.stderr.count("\n") == 1 and "example_ct.nii.gz" in proc.stderr and "grid" in proc.stderr
+    proc = cli("volumes", tmp_path / "missing.nii.gz", "-o", tmp_path / "x.json")
+    assert proc.returncode == 1 and "missing.nii.gz" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_float_label_map_on_real_lps_grid(shared_data, tmp_path):
+    """A label map in another orientation (BraTS, LPS): volumes and centroids in world mm."""
+    case = shared_data / "brats_glioma" / "brats_2013_pat0003_1"
+    seg = read_label(case / "OTMultiClass.nii.gz")
+    report = compute_volumes(seg, labels={1: "necrosis", 2: "edema", 3: "non_enhancing", 4: "enhancing"})
+    total = sum(s["volume_ml"] for s in report["structures"].values())
+    assert total == pytest.approx(np.count_nonzero(seg.array) * seg.voxel_volume_ml)
+    assert 63 <= total <= 217  # README: whole tumour 63–217 mL
+    assert report["orientation"] == seg.orientation
+    for rec in report["structures"].values():
+        if rec["voxels"]:
+            idx = np.argwhere(seg.array == rec["label"]).mean(axis=0)
+            np.testing.assert_allclose(rec["centroid_mm"], (seg.affine @ np.append(idx, 1))[:3], atol=1e-6)
