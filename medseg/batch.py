@@ -378,7 +378,7 @@ def _read_study(study: Study):
 
 def _segment(images, predictor, options: BatchOptions):
     """Labels ``(X, Y, Z)`` uint8 on the study's grid: network, optional CRF and clean-up."""
-    prediction = predictor.predict(images if len(images) > 1 else images[0])
+    prediction = predictor.predict(images if len(images) > 1 else images[0], keep_probabilities=options.crf)
     labels = prediction.labels
     return prediction, labels
 
@@ -544,20 +544,26 @@ def write_aggregate_reports(out_dir: str | Path, studies: list[Study]) -> dict[s
 
 
 def evaluate_against_references(out_dir: str | Path, studies: list[Study], labels: dict[int, str]) -> dict | None:
-    """Tumour-recall evaluation of every finished study that has a reference label map.
+    """Evaluation (Dice, HD95, lesion-wise tumour recall) of every finished study that has a
+    reference label map, written to ``OUT/evaluation/`` (summary.json, lesions.csv, report.html).
 
-    Returns the evaluation summary (``summary.json``'s content) or ``None`` without references.
+    Returns the summary (``summary.json``'s content), or ``None`` when no study has a reference.
     """
-    from medseg.measure.evaluate import evaluate
+    from medseg.measure.evaluate import CasePair, evaluate_case, summarize, write_evaluation
 
     out_dir = Path(out_dir)
-    pairs = [(out_dir / state["outputs"]["segmentation"], Path(s.label))
+    pairs = [CasePair(s.study_id, out_dir / state["outputs"]["segmentation"], Path(s.label),
+                      Path(s.sources[0]) if s.kind == "file" else None)
              for s, state in _done_studies(out_dir, studies) if s.label and Path(s.label).is_file()]
     if not pairs:
         return None
-    preds = [p for p, _ in pairs]
-    refs = [r for _, r in pairs]
-    return evaluate(preds, refs, out_dir / EVALUATION_DIR, labels=labels)
+    ids = sorted(labels)
+    cases = [evaluate_case(p, ids) for p in pairs]
+    summary = summarize(cases, labels)
+    summary["reference"] = "per-study references (manifest labels or labels/ folder)"
+    summary["prediction"] = str(out_dir / STUDIES_DIR)
+    write_evaluation(summary, cases, out_dir / EVALUATION_DIR)
+    return summary
 
 
 def finalize_batch(out_dir: str | Path, studies: list[Study], plans: list[StudyPlan], results: list[StudyResult],

@@ -30,7 +30,7 @@ def write_tiny_archive(root: Path, n: int, *, seed: int = 100, labels: bool = Fa
     return ids
 
 
-def _train_tiny_unet(out: Path, steps: int = 40) -> Path:
+def _train_tiny_unet(out: Path, steps: int = 15) -> Path:
     """Train a tiny medseg U-Net a few seconds on phantoms and save it as a model directory."""
     import numpy as np
     import torch
@@ -45,7 +45,7 @@ def _train_tiny_unet(out: Path, steps: int = 40) -> Path:
     spec = ModelSpec(name="unet", in_channels=1, out_channels=6,
                      options={"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1})
     net = create_model(spec.name, 3, 1, 6, **spec.options)
-    cases = [preprocess_case([s.image], pre, s.label) for s in (tiny_study(i) for i in range(4))]
+    cases = [preprocess_case([s.image], pre, s.label) for s in (tiny_study(i) for i in range(2))]
     x = torch.from_numpy(np.stack([c.image for c in cases]))
     y = torch.from_numpy(np.stack([c.label for c in cases])).long()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
