@@ -13,6 +13,12 @@ from medseg.cli.app import app, handle_errors, stage
 __all__ = ["batch_command", "schedule_command", "run_batch_flow"]
 
 
+def _prefect_env() -> None:
+    """Prefect defaults for a command line run: no analytics, patience with a busy machine."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 def _check_inputs(archive: Path, model: Path) -> None:
     from medseg.errors import InputError
     from medseg.plans import load_plans
@@ -59,6 +65,7 @@ def batch_command(
 ) -> None:
     """Segment the new or changed studies of ARCHIVE once (a Prefect flow run)."""
     _check_inputs(archive, model)
+    _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
     record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,
                             dask_address=dask_address, workers=workers)
@@ -88,6 +95,7 @@ def schedule_command(
     from medseg.errors import MedsegError
 
     _check_inputs(archive, model)
+    _prefect_env()
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.settings import PREFECT_API_URL
 

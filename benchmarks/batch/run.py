@@ -1,0 +1,175 @@
+"""Batch benchmark: the segment-archive Prefect flow against a plain Python loop over the same
+library calls (medseg.batch), on a phantom archive of 200 small studies.
+
+For archive sizes 50, 100 and 200 (the first N studies of one archive), each mode runs in a
+fresh process with a fresh output folder and reports:
+
+- wall time of the batch (model loading included, Python imports and Prefect's temporary
+  server start excluded: the server is started by a warm-up flow first, and its start-up time
+  is reported on its own), studies per minute;
+- peak resident memory of the process (``ru_maxrss``): it must stay flat as the archive grows
+  (studies are streamed one at a time, nothing is kept per study but a small record).
+
+The flow's overhead is ``flow time / loop time - 1`` at each size (target <= 10%).
+
+    python benchmarks/batch/run.py [--sizes 50 100 200] [--shape 48 48 32]
+
+Writes ``benchmarks/batch/results.json``. The machine is shared: timings are noisy, the
+side-by-side ratio in one run is what counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def _child(mode: str, archive: str, model: str, out: str) -> None:
+    """One measured batch in this process; prints a JSON line with the figures."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.set_num_threads(2)
+    startup = 0.0
+    if mode == "flow":
+        from prefect import flow
+
+        @flow(name="warm-up")
+        def warm_up() -> int:
+            return 1
+
+        t = time.perf_counter()
+        warm_up()
+        startup = time.perf_counter() - t
+        import flows.segment_archive as fsa
+
+        t = time.perf_counter()
+        record = fsa.segment_archive(archive, model, out)
+        elapsed = time.perf_counter() - t
+    else:
+        from medseg.batch import BatchOptions, run_batch
+        from medseg.inference import Predictor
+
+        t = time.perf_counter()
+        predictor = Predictor.from_model_dir(model)
+        record = run_batch(archive, predictor, out, BatchOptions(), model_dir=model)
+        elapsed = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": mode, "seconds": elapsed, "startup_seconds": startup, "peak_rss_mb": peak_mb,
+                      "processed": len(record["processed"]), "failed": len(record["failed"])}))
+
+
+def _make_archive(root: Path, n: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> Path:
+    """``n`` phantom studies (images only) and one manifest per archive size."""
+    from medseg.io import write_volume
+    from medseg.phantoms import make_phantom
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = root / "images" / f"study_{i:03d}.nii.gz"
+        if not path.is_file():
+            write_volume(make_phantom(1000 + i, shape=shape, spacing=spacing, n_tumours=2).image, path)
+    return root
+
+
+def _manifest(root: Path, n: int) -> Path:
+    path = root / f"manifest_{n}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "image", "label", "split"])
+        for i in range(n):
+            w.writerow([f"study_{i:03d}", f"images/study_{i:03d}.nii.gz", "", "test"])
+    return path
+
+
+def _model(work: Path) -> Path:
+    from medseg.training import quick_train_phantom_model
+
+    model = work / "model"
+    if not (model / "model.pt").is_file():
+        quick_train_phantom_model(model)
+    return model
+
+
+def _run(mode: str, manifest: Path, model: Path, out: Path) -> dict:
+    env = dict(os.environ, PREFECT_HOME=str(out.parent / f"prefect_home_{out.name}"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+               PYTHONPATH=str(ROOT))
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(manifest), str(model), str(out)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 32])
+    parser.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 4.5])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/medseg_bench_batch"))
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "ARCHIVE", "MODEL", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    archive = _make_archive(work / "archive", max(args.sizes), tuple(args.shape), tuple(args.spacing))
+    gen_s = time.perf_counter() - t
+    t = time.perf_counter()
+    model = _model(work)
+    train_s = time.perf_counter() - t
+    rows = []
+    for n in args.sizes:
+        manifest = _manifest(archive, n)
+        pair = {}
+        for mode in ("loop", "flow"):
+            out = work / f"out_{mode}_{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            res = _run(mode, manifest, model, out)
+            if res["processed"] != n:
+                raise RuntimeError(f"{mode} processed {res['processed']} of {n} studies")
+            pair[mode] = res
+            print(f"n={n:4d} {mode:5s} {res['seconds']:7.1f} s  {60 * n / res['seconds']:6.1f} studies/min  "
+                  f"peak {res['peak_rss_mb']:.0f} MB", flush=True)
+        rows.append({"studies": n,
+                     "loop_seconds": pair["loop"]["seconds"], "flow_seconds": pair["flow"]["seconds"],
+                     "loop_studies_per_min": 60 * n / pair["loop"]["seconds"],
+                     "flow_studies_per_min": 60 * n / pair["flow"]["seconds"],
+                     "flow_overhead": pair["flow"]["seconds"] / pair["loop"]["seconds"] - 1,
+                     "loop_peak_rss_mb": pair["loop"]["peak_rss_mb"], "flow_peak_rss_mb": pair["flow"]["peak_rss_mb"],
+                     "prefect_startup_seconds": pair["flow"]["startup_seconds"]})
+    results = {
+        "benchmark": "batch: segment-archive Prefect flow vs plain Python loop over medseg.batch",
+        "study_shape": args.shape, "study_spacing_mm": args.spacing,
+        "archive_generation_seconds": gen_s, "model_training_seconds": train_s,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "note": "shared machine (up to 8 engineers running at once): timings are noisy; "
+                            "the side-by-side ratio of one run is what counts"},
+        "load_average_at_end": os.getloadavg(),
+        "rows": rows,
+    }
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
