@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["IntensityConfig", "PreprocessConfig"]
+__all__ = ["IntensityConfig", "ForegroundCropConfig", "PreprocessConfig"]
 
 
 class IntensityConfig(BaseModel):
@@ -17,6 +17,12 @@ class IntensityConfig(BaseModel):
     - ``zscore``: MR; mean and std over the foreground (voxels != 0 when ``nonzero_only``,
       else all voxels) of this image, background left at 0 when ``nonzero_only``.
     - ``none``: unchanged (float32).
+
+    ``foreground_percentiles`` (CT, e.g. ``(0.5, 99.5)``): a *training-time* instruction: the
+    trainer replaces ``window`` by these percentiles of the training cases' labelled foreground
+    voxels and sets ``mean``/``std`` to the foreground statistics inside it (nnU-Net's CT
+    scheme), so the saved plans hold fixed numbers that inference applies unchanged.
+    :func:`medseg.preprocess.normalize_intensity` itself only reads ``window``/``mean``/``std``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -26,6 +32,14 @@ class IntensityConfig(BaseModel):
     mean: float | None = None
     std: float | None = None
     nonzero_only: bool = True
+    foreground_percentiles: tuple[float, float] | None = None
+
+    @field_validator("foreground_percentiles")
+    @classmethod
+    def _percentiles(cls, v):
+        if v is not None and not (0.0 <= v[0] < v[1] <= 100.0):
+            raise ValueError(f"foreground_percentiles must be (low, high) with 0 <= low < high <= 100, not {v}")
+        return v
 
     @field_validator("window")
     @classmethod
@@ -33,6 +47,21 @@ class IntensityConfig(BaseModel):
         if v[0] >= v[1]:
             raise ValueError(f"window must be (low, high) with low < high, not {v}")
         return v
+
+
+class ForegroundCropConfig(BaseModel):
+    """Crop the preprocessed grid to the bounding box of the foreground, plus a margin.
+
+    Foreground: voxels where any input channel, before normalisation (after orientation and
+    resampling), is above ``threshold`` (e.g. -500 HU keeps the body of a CT), or differs from 0
+    when ``threshold`` is None (skull-stripped / z-scored MR). The box is recorded in
+    :class:`~medseg.preprocess.InverseInfo` and undone by :func:`~medseg.preprocess.invert_spatial`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = None
+    margin_vox: int = Field(2, ge=0, description="voxels kept around the foreground box on every side")
 
 
 class PreprocessConfig(BaseModel):
@@ -45,6 +74,8 @@ class PreprocessConfig(BaseModel):
         default=None, description="voxel size in mm after resampling; None keeps the input's spacing")
     intensity: list[IntensityConfig] = Field(default_factory=lambda: [IntensityConfig()],
                                              description="one entry per input channel (one entry is used for all)")
+    crop_foreground: ForegroundCropConfig | None = Field(
+        default=None, description="crop to the foreground box (None: no crop)")
 
     @field_validator("orientation")
     @classmethod

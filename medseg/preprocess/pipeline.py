@@ -10,7 +10,7 @@ from medseg.io.volume import Volume
 from medseg.preprocess.config import IntensityConfig, PreprocessConfig
 
 __all__ = ["InverseInfo", "PreprocessedCase", "preprocess_case", "invert_spatial", "normalize_intensity",
-           "reorient", "resample"]
+           "reorient", "resample", "foreground_box"]
 
 
 @dataclass
@@ -22,7 +22,9 @@ class InverseInfo:
         input_affine: its affine (RAS+, mm).
         ornt_transform: nibabel orientation transform from the input to the oriented grid.
         oriented_shape: shape after reorientation, before resampling.
-        resampled_shape: shape after resampling (= the network's grid).
+        resampled_shape: shape after resampling (= the network's grid when there is no crop).
+        crop_box: ``((x0, x1), (y0, y1), (z0, z1))`` voxel ranges (stop exclusive) of the
+            resampled grid kept by the foreground crop, or None (no crop).
     """
 
     input_shape: tuple[int, int, int]
@@ -30,6 +32,14 @@ class InverseInfo:
     ornt_transform: np.ndarray
     oriented_shape: tuple[int, int, int]
     resampled_shape: tuple[int, int, int]
+    crop_box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+
+    @property
+    def network_shape(self) -> tuple[int, int, int]:
+        """Shape of the grid the network sees (after resampling and the optional crop)."""
+        if self.crop_box is None:
+            return tuple(self.resampled_shape)
+        return tuple(int(b - a) for a, b in self.crop_box)
 
 
 @dataclass
@@ -163,6 +173,9 @@ def preprocess_case(images: list[Volume], cfg: PreprocessConfig, label: Volume |
         new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(oriented_shape, spacing, cfg.target_spacing))
     else:
         new_shape = oriented_shape
+    crop_box = None
+    if cfg.crop_foreground is not None:
+        crop_box = foreground_box(oriented, new_shape, cfg.crop_foreground.threshold, cfg.crop_foreground.margin_vox)
     channels = [normalize_intensity(oriented[c], cfg.channel(c)) for c in range(oriented.shape[0])]
     image = resample(np.stack(channels), new_shape, "linear").astype(np.float32, copy=False)
     new_affine = _zoom_affine(affine, oriented_shape, new_shape)
@@ -170,19 +183,61 @@ def preprocess_case(images: list[Volume], cfg: PreprocessConfig, label: Volume |
     if label is not None:
         lab_o, _ = reorient(label.array, ref.affine, transform)
         lab = resample(np.ascontiguousarray(lab_o), new_shape, "nearest").astype(np.uint8)
+    if crop_box is not None:
+        sl = tuple(slice(a, b) for a, b in crop_box)
+        image = image[(slice(None),) + sl]
+        lab = None if lab is None else np.ascontiguousarray(lab[sl])
+        shift = np.eye(4)
+        shift[:3, 3] = [a for a, _ in crop_box]
+        new_affine = new_affine @ shift
     inverse = InverseInfo(input_shape=ref.shape, input_affine=ref.affine.copy(), ornt_transform=transform,
-                          oriented_shape=oriented_shape, resampled_shape=tuple(int(s) for s in new_shape))
+                          oriented_shape=oriented_shape, resampled_shape=tuple(int(s) for s in new_shape),
+                          crop_box=crop_box)
     return PreprocessedCase(image=np.ascontiguousarray(image), label=lab, affine=new_affine, inverse=inverse)
 
 
-def invert_spatial(array: np.ndarray, inverse: InverseInfo, mode: str = "nearest") -> np.ndarray:
+def foreground_box(stack: np.ndarray, new_shape: tuple[int, int, int], threshold: float | None,
+                   margin_vox: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Bounding box, on a grid of ``new_shape``, of the foreground of ``stack`` ``(C, X, Y, Z)``.
+
+    Foreground: any channel ``> threshold`` (or ``!= 0`` when ``threshold`` is None). The box is
+    widened by ``margin_vox`` and clipped to the grid; an image without foreground keeps the
+    whole grid. Returns ``((x0, x1), (y0, y1), (z0, z1))`` with exclusive stops.
+    """
+    mask = (stack != 0).any(axis=0) if threshold is None else (stack > threshold).any(axis=0)
+    mask = resample(mask.astype(np.uint8), tuple(new_shape), "nearest")
+    if not mask.any():
+        return tuple((0, int(n)) for n in new_shape)  # type: ignore[return-value]
+    box = []
+    for ax in range(3):
+        other = tuple(a for a in range(3) if a != ax)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append((max(0, int(idx[0]) - margin_vox), min(int(new_shape[ax]), int(idx[-1]) + 1 + margin_vox)))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def invert_spatial(array: np.ndarray, inverse: InverseInfo, mode: str = "nearest",
+                   pad_value: float | list[float] | tuple[float, ...] = 0.0) -> np.ndarray:
     """Map ``array`` (``(..., X, Y, Z)`` on the preprocessed grid) back onto the input's grid.
 
     ``mode``: ``"nearest"`` for labels, ``"linear"`` for scores/probabilities (then argmax).
+    ``pad_value``: fills what a foreground crop removed; one number, or one per leading
+    channel (for per-class probabilities ``(C, X, Y, Z)`` pass ``[1, 0, ..., 0]``: background).
     The result has shape ``(..., *inverse.input_shape)``.
     """
-    if tuple(array.shape[-3:]) != tuple(inverse.resampled_shape):
-        raise ValueError(f"array grid {array.shape[-3:]} is not the preprocessed grid {inverse.resampled_shape}")
+    if tuple(array.shape[-3:]) != tuple(inverse.network_shape):
+        raise ValueError(f"array grid {array.shape[-3:]} is not the preprocessed grid {inverse.network_shape}")
+    if inverse.crop_box is not None:
+        full = np.empty(array.shape[:-3] + tuple(inverse.resampled_shape), dtype=array.dtype)
+        if isinstance(pad_value, (list, tuple)):
+            if array.ndim != 4 or len(pad_value) != array.shape[0]:
+                raise ValueError(f"pad_value has {len(pad_value)} values for an array of shape {array.shape} "
+                                 "(expected one per channel of a (C, X, Y, Z) array)")
+            full[...] = np.asarray(pad_value, dtype=array.dtype).reshape(-1, 1, 1, 1)
+        else:
+            full[...] = pad_value
+        full[(Ellipsis,) + tuple(slice(a, b) for a, b in inverse.crop_box)] = array
+        array = full
     back = resample(array, inverse.oriented_shape, mode)
     # inverse orientation: from the target orientation back to the input's
     out, _ = reorient(back, np.eye(4), _invert_transform(inverse.ornt_transform))
