@@ -189,10 +189,15 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
     Returns:
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
     """
+    with batch.run_lock(out_dir):
+        return _segment_archive_locked(archive, model_dir, out_dir, crf, components, tta, device, dask_address,
+                                       workers)
+
+
+def _segment_archive_locked(archive: str, model_dir: str, out_dir: str, crf: bool, components: bool, tta: bool,
+                            device: str, dask_address: str | None, workers: int) -> dict[str, Any]:
     logger = get_run_logger()
     started = batch.now_utc()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     options = batch.BatchOptions(crf=crf, components=components, tta=tta)
     studies, plans, key, labels = scan_archive_task(archive, out_dir, model_dir, options)
     n_todo = sum(p.todo for p in plans)
@@ -209,4 +214,3 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
     logger.info("processed %d, failed %d, skipped %d", len(record["processed"]), len(record["failed"]),
                 len(record["skipped"]))
     return record
-

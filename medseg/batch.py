@@ -32,6 +32,7 @@ Typical use without Prefect::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
@@ -42,7 +43,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,6 +67,7 @@ __all__ = [
     "finalize_batch",
     "run_batch",
     "read_state",
+    "run_lock",
     "now_utc",
     "failures_path",
     "STATE_DIR",
@@ -301,6 +303,39 @@ def config_key(model_dir: str | Path, options: BatchOptions) -> str:
 # -------------------------------------------------------------------------------------------- state
 
 
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``OUT/.batch.lock`` (an advisory ``flock``) for a whole run: two runs over one output
+    folder (a cron run overlapping a long one) would redo each other's studies. The kernel
+    releases the lock when the process dies, so a killed run never blocks the next.
+
+    Raises:
+        MedsegError: another run holds the lock.
+    """
+    import fcntl
+
+    from medseg.errors import MedsegError
+
+    path = Path(out_dir) / ".batch.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise MedsegError(f"{out_dir}: another batch run (pid {holder}) is writing this output folder; "
+                              "wait for it to finish") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def _state_path(out_dir: Path, study_id: str) -> Path:
     return out_dir / STATE_DIR / f"{study_id}.json"
 
@@ -377,10 +412,8 @@ def _read_study(study: Study):
 
 
 def _segment(images, predictor, options: BatchOptions):
-    """Labels ``(X, Y, Z)`` uint8 on the study's grid: network, optional CRF and clean-up."""
-    prediction = predictor.predict(images if len(images) > 1 else images[0], keep_probabilities=options.crf)
-    labels = prediction.labels
-    return prediction, labels
+    """The network's prediction on the study's exact grid (probabilities kept only for the CRF)."""
+    return predictor.predict(images if len(images) > 1 else images[0], keep_probabilities=options.crf)
 
 
 def _apply_crf(image, prediction, options: BatchOptions):
@@ -388,13 +421,13 @@ def _apply_crf(image, prediction, options: BatchOptions):
 
     probs = np.moveaxis(np.asarray(prediction.probabilities(np.float32)), -1, 0)  # (C, X, Y, Z)
     refined = dense_crf(image.array, probs, image.spacing, CRFConfig.for_modality(options.modality))
-    return np.asarray(refined).argmax(axis=0).astype(np.uint8)
+    return np.asarray(refined).argmax(axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
 
 
 def _clean(labels: np.ndarray, spacing) -> np.ndarray:
     from medseg.postprocess.components import ComponentsConfig, clean_labels
 
-    return np.asarray(clean_labels(labels, spacing, ComponentsConfig())).astype(np.uint8)
+    return np.asarray(clean_labels(labels, spacing, ComponentsConfig())).astype(labels.dtype, copy=False)
 
 
 def _commit_dir(staging: Path, final: Path) -> None:
@@ -447,8 +480,8 @@ def process_study(plan: StudyPlan, predictor, out_dir: str | Path, options: Batc
         images = _read_study(study)
         image = images[0]
         stage = "segment"
-        prediction, seg = _segment(images, predictor, options)
-        seg_array = np.asarray(seg.array).astype(np.uint8, copy=False)
+        prediction = _segment(images, predictor, options)
+        seg_array = np.asarray(prediction.labels.array)
         if options.crf:
             stage = "crf"
             seg_array = _apply_crf(image, prediction, options)
@@ -465,7 +498,7 @@ def process_study(plan: StudyPlan, predictor, out_dir: str | Path, options: Batc
             shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
         seg_path = staging / SEGMENTATION_FILE
-        write_volume(seg_volume, seg_path, dtype=np.uint8)
+        write_volume(seg_volume, seg_path)
         seg_volume.source = str(final / SEGMENTATION_FILE)
         report = compute_volumes(seg_volume, image, labels)
         report["study"] = study.study_id
@@ -622,7 +655,12 @@ def run_batch(archive: str | Path, predictor, out_dir: str | Path, options: Batc
 
     options = options or BatchOptions()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(out_dir):
+        return _run_batch_locked(archive, predictor, out_dir, options, model_dir, retries, on_study)
+
+
+def _run_batch_locked(archive, predictor, out_dir: Path, options: BatchOptions, model_dir, retries: int,
+                      on_study) -> dict[str, Any]:
     started = now_utc()
     studies = scan_archive(archive, exclude=(out_dir,))
     key = config_key(model_dir, options)

@@ -128,3 +128,15 @@ def test_plan_follows_state(tmp_path):
 def test_batch_options_forbid_unknown():
     with pytest.raises(ValueError):
         BatchOptions(crf=True, colour="red")
+
+
+def test_run_lock_refuses_a_second_run(tmp_path):
+    from medseg.batch import run_lock
+    from medseg.errors import MedsegError
+
+    with run_lock(tmp_path):
+        with pytest.raises(MedsegError, match="another batch run"):
+            with run_lock(tmp_path):
+                pass
+    with run_lock(tmp_path):  # released: the next run goes ahead
+        pass

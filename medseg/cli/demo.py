@@ -48,7 +48,8 @@ def _volume_errors(batch_out: Path, archive: Path) -> dict:
                                          / max(1, sum(1 for r in rows if r["organ"] == o)) for o in ORGANS}}
 
 
-def run_demo(out: Path, *, n_studies: int = 8, train_seconds: float = 120.0, crf: bool = True) -> dict:
+def run_demo(out: Path, *, n_studies: int = 8, train_steps: int = 1500, train_seconds: float = 120.0,
+             crf: bool = True) -> dict:
     """The demo's work (see the module docstring); returns the summary it writes to
     ``OUT/demo_summary.json``."""
     from flows.segment_archive import segment_archive
@@ -64,11 +65,12 @@ def run_demo(out: Path, *, n_studies: int = 8, train_seconds: float = 120.0, crf
     if not (archive / "phantom_volumes.json").is_file():
         # seeds 1000+ never overlap the training phantoms' seeds
         write_phantom_archive(archive, n_studies, seed=1000)
-    model = out / "model"
-    stage(f"training a 3D U-Net on phantoms for about {train_seconds:.0f} s into {model}")
+    training = out / "training"
+    model = training / "model"
+    stage(f"training a 3D U-Net on phantoms (at most {train_steps} steps or {train_seconds:.0f} s) into {model}")
     t = time.perf_counter()
     if not (model / "model.pt").is_file():
-        quick_train_phantom_model(model, seconds=train_seconds)
+        model = quick_train_phantom_model(training, steps=train_steps, seconds_budget=train_seconds)
     train_s = time.perf_counter() - t
     batch_out = out / "batch"
     stage(f"segmenting the archive{' with the dense CRF' if crf else ''} (Prefect flow) into {batch_out}")

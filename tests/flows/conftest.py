@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from batch_helpers import _train_tiny_unet  # tests/flows is on sys.path (pytest prepend mode)
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A small 3D U-Net trained for a few seconds on phantoms."""
-    return _train_tiny_unet(tmp_path_factory.mktemp("tiny_model"))
+    """A small 3D U-Net trained for a few seconds on phantoms by the project's own trainer."""
+    from medseg.training import quick_train_phantom_model
+
+    return quick_train_phantom_model(tmp_path_factory.mktemp("tiny_model"), steps=20)
 
 
 def _free_port() -> int:

@@ -25,7 +25,7 @@ def _files(out: Path) -> dict[str, int]:
 
 def test_killed_batch_resumes_exactly_the_rest(prefect_server, tmp_path, tiny_model):
     archive = tmp_path / "archive"
-    ids = write_tiny_archive(archive, 14, seed=500)
+    ids = write_tiny_archive(archive, 9, seed=500)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "medseg", "batch", str(archive), "--model", str(tiny_model), "--out", str(out)]
     log = open(tmp_path / "killed.log", "w")
