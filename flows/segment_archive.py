@@ -127,6 +127,23 @@ def write_reports_task(out_dir: str, studies, plans, results, labels, started: s
 # ------------------------------------------------------------------------------------------ flows
 
 
+def _api_url() -> str | None:
+    """The Prefect API this process talks to: the configured one, or its temporary server.
+
+    Local Dask workers get it in their environment, so that their task runs are reported to the
+    same API (without it each worker process would start a temporary server of its own).
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return server.api_url if server.running else None
+
+
 def make_task_runner(dask_address: str | None = None, workers: int = 0):
     """The task runner for the per-study tasks.
 
@@ -142,8 +159,9 @@ def make_task_runner(dask_address: str | None = None, workers: int = 0):
     if workers > 0:
         from prefect_dask import DaskTaskRunner
 
+        env = {"PREFECT_API_URL": url} if (url := _api_url()) else {}
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True, "threads_per_worker": 1,
-                                              "dashboard_address": None})
+                                              "dashboard_address": None, "env": env})
     return ThreadPoolTaskRunner(max_workers=1)
 
 

@@ -94,11 +94,12 @@ def _manifest(root: Path, n: int) -> Path:
 
 
 def _model(work: Path) -> Path:
+    """The project's quick phantom U-Net (trained once, kept in the work folder)."""
     from medseg.training import quick_train_phantom_model
 
-    model = work / "model"
+    model = work / "training" / "model"
     if not (model / "model.pt").is_file():
-        quick_train_phantom_model(model)
+        model = quick_train_phantom_model(work / "training")
     return model
 
 
