@@ -1,0 +1,126 @@
+"""``medseg crf IMAGE PROBABILITIES -o OUTPUT``: refine a probability map with the dense 3D CRF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import app, handle_errors, stage
+
+__all__ = ["crf", "read_probabilities", "guess_modality"]
+
+
+def guess_modality(array) -> str:
+    """``"CT"`` when the image looks like Hounsfield units (whole numbers reaching −500 or below), else ``"MR"``."""
+    import numpy as np
+
+    sample = np.asarray(array).ravel()[:: max(1, np.asarray(array).size // 200_000)]
+    if sample.size and float(sample.min()) <= -500 and np.all(np.mod(sample, 1) == 0):
+        return "CT"
+    return "MR"
+
+
+def read_probabilities(path: Path, image):
+    """Read a 4D ``(X, Y, Z, C)`` softmax NIfTI on ``image``'s grid; return it as an ``(X, Y, Z, C)`` array.
+
+    Raises:
+        InputError: unreadable, not 4D, not on the image's grid, fewer than 2 channels, not
+            float, NaN/Inf, values outside [0, 1], or channels not summing to 1 (±0.02).
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.errors import InputError
+
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a 4D NIfTI probability file")
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as exc:  # nibabel raises many types for a bad file
+        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if len(shape) != 4:
+        raise InputError(path, f"probabilities must be a 4D NIfTI (X, Y, Z, C), got {len(shape)}D {shape}")
+    if shape[:3] != image.shape:
+        raise InputError(path, f"probabilities grid {shape[:3]} differs from the image's {image.shape} ({image.source})")
+    if not np.allclose(np.asarray(img.affine), image.affine, atol=1e-3, rtol=0):
+        diff = float(np.abs(np.asarray(img.affine) - image.affine).max())
+        raise InputError(path, f"probabilities are not on the image's grid ({image.source}): affines differ by "
+                         f"up to {diff:.4g} mm")
+    if shape[3] < 2:
+        raise InputError(path, f"probabilities need at least 2 channels (background first), got {shape[3]}")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise InputError(path, f"voxel data cannot be read ({type(exc).__name__}: {exc})") from None
+    if data.dtype.kind != "f":
+        raise InputError(path, f"probabilities must be float32 or float16 softmax values, got dtype {data.dtype}")
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    if not np.all(np.isfinite(data)):
+        raise InputError(path, "probabilities contain NaN or Inf")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise InputError(path, f"probabilities must lie in [0, 1], found values from {lo:g} to {hi:g}")
+    sums = data.reshape(-1, shape[3])[:: max(1, int(np.prod(shape[:3])) // 500_000)].sum(axis=1, dtype=np.float64)
+    worst = float(np.abs(sums - 1).max()) if sums.size else 0.0
+    if worst > 0.02:
+        raise InputError(path, f"channels must sum to 1 at every voxel (softmax), found sums from "
+                         f"{float(sums.min()):.3g} to {float(sums.max()):.3g}")
+    return data
+
+
+@app.command("crf")
+@handle_errors
+def crf(
+    image: Path = typer.Argument(..., help="Image (NIfTI, NRRD/MHA or a DICOM folder) the probabilities belong to."),
+    probabilities: Path = typer.Argument(..., help="4D NIfTI (X, Y, Z, C) softmax probabilities on the image's grid."),
+    output: Path = typer.Option(..., "-o", "--output", help="Label map to write (NIfTI), on the image's grid."),
+    modality: str = typer.Option("auto", "--modality", help="ct, mr or auto (HU-like integers → ct). Picks the defaults."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=0, max=100, help="Mean-field iterations (default 5)."),
+    probabilities_out: Optional[Path] = typer.Option(None, "--probabilities-out",
+                                                     help="Also write the refined 4D probabilities (float32)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+) -> None:
+    """Refine network probabilities with a fully connected 3D CRF; write the label map (argmax)."""
+    import numpy as np
+
+    from medseg.errors import InputError
+    from medseg.io import read_volume, write_nifti_array, write_volume
+    from medseg.postprocess.crf import CRFConfig, dense_crf
+
+    modality = modality.lower()
+    if modality not in ("ct", "mr", "auto"):
+        raise InputError(None, f"--modality must be ct, mr or auto, not {modality!r}")
+    for out in [output] + ([probabilities_out] if probabilities_out else []):
+        if out.resolve() in (image.resolve(), probabilities.resolve()):
+            raise InputError(out, "output would overwrite an input; choose another name")
+        if not str(out).lower().endswith((".nii", ".nii.gz")):
+            raise InputError(out, "output must be a NIfTI file (.nii.gz or .nii)")
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda requested but no CUDA device is available")
+    stage(f"reading {image}")
+    vol = read_volume(image)
+    probs = read_probabilities(probabilities, vol)
+    mod = guess_modality(vol.array) if modality == "auto" else modality.upper()
+    overrides = {} if iterations is None else {"iterations": iterations}
+    cfg = CRFConfig.for_modality(mod, **overrides)
+    stage(f"dense CRF ({mod}, {cfg.iterations} iterations, {probs.shape[3]} classes, {vol.shape})")
+    k = probs.shape[3]
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    refined = dense_crf(vol.array, np.moveaxis(probs, -1, 0), vol.spacing, cfg, device=device)
+    labels = refined.argmax(axis=0).astype(np.uint8 if k <= 256 else np.uint16)
+    stage(f"writing {output}")
+    header = vol.meta.get("nifti_header")
+    write_volume(vol.with_array(labels), output)
+    if probabilities_out:
+        write_nifti_array(np.moveaxis(refined, 0, -1), vol.affine, probabilities_out, header=header)
+    typer.echo(str(output))
