@@ -188,7 +188,8 @@ def segment_studies(plans: list, model_dir: str, out_dir: str, options: batch.Ba
 
 
 @flow(name=FLOW_NAME)
-def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = False, components: bool = False,
+def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = False,
+                    components: dict[str, Any] | None = None,
                     tta: bool = False, device: str = "auto", dask_address: str | None = None,
                     workers: int = 0) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
@@ -198,7 +199,8 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
         model_dir: a model directory (``medseg train`` output).
         out_dir: output folder (see :mod:`medseg.batch` for its layout).
         crf: dense 3D CRF on the network's probabilities.
-        components: connected-component clean-up of the labels.
+        components: connected-component clean-up of the labels (``ComponentsConfig`` fields, e.g.
+            :data:`medseg.batch.DEFAULT_COMPONENTS`), or ``None`` for none.
         tta: mirror test-time augmentation.
         device: ``auto``, ``cpu`` or ``cuda``.
         dask_address: run the studies on this Dask scheduler's workers.
@@ -212,7 +214,7 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
                                        workers)
 
 
-def _segment_archive_locked(archive: str, model_dir: str, out_dir: str, crf: bool, components: bool, tta: bool,
+def _segment_archive_locked(archive: str, model_dir: str, out_dir: str, crf: bool, components: dict | None, tta: bool,
                             device: str, dask_address: str | None, workers: int) -> dict[str, Any]:
     logger = get_run_logger()
     started = batch.now_utc()

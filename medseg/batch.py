@@ -53,6 +53,7 @@ from medseg.io.atomic import atomic_write_text
 
 __all__ = [
     "BatchOptions",
+    "DEFAULT_COMPONENTS",
     "Study",
     "StudyResult",
     "StudyPlan",
@@ -88,13 +89,16 @@ SIDE_FILE_SUFFIXES = (".json", ".csv", ".tsv", ".txt", ".md", ".html", ".htm", "
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _HASH_CHUNK = 1 << 20
 
+# ``--components`` without a config: drop blobs under 0.1 mL and fill enclosed holes, every class.
+DEFAULT_COMPONENTS: dict[str, Any] = {"min_size_mm3": 100.0, "fill_holes": True}
+
 
 class BatchOptions(BaseModel):
     """What is done to each study (part of the configuration key: changing it redoes studies).
 
     Attributes:
         crf: refine the network's probabilities with the dense 3D CRF before taking labels.
-        components: clean the labels with connected components (small-blob removal).
+        components: connected-component clean-up (``ComponentsConfig`` fields), or ``None``.
         tta: mirror test-time augmentation in the predictor.
         modality: CRF kernel defaults (``"CT"`` or ``"MR"``).
     """
@@ -102,7 +106,9 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     crf: bool = False
-    components: bool = False
+    components: dict[str, Any] | None = Field(
+        None, description="connected-component clean-up: the fields of medseg.postprocess.components."
+                          "ComponentsConfig (e.g. {'min_size_mm3': 100, 'largest_component': [1, 2]}); None: off")
     tta: bool = False
     modality: Literal["CT", "MR"] = "CT"
     lesion_label: str = Field("tumour", description="structure name whose lesions the evaluation reports")
@@ -424,10 +430,11 @@ def _apply_crf(image, prediction, options: BatchOptions):
     return np.asarray(refined).argmax(axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
 
 
-def _clean(labels: np.ndarray, spacing) -> np.ndarray:
+def _clean(labels: np.ndarray, spacing, components: dict[str, Any]) -> np.ndarray:
     from medseg.postprocess.components import ComponentsConfig, clean_labels
 
-    return np.asarray(clean_labels(labels, spacing, ComponentsConfig())).astype(labels.dtype, copy=False)
+    cfg = ComponentsConfig.model_validate(components)
+    return np.asarray(clean_labels(labels, spacing, cfg)).astype(labels.dtype, copy=False)
 
 
 def _commit_dir(staging: Path, final: Path) -> None:
@@ -486,9 +493,9 @@ def process_study(plan: StudyPlan, predictor, out_dir: str | Path, options: Batc
             stage = "crf"
             seg_array = _apply_crf(image, prediction, options)
         del prediction
-        if options.components:
+        if options.components is not None:
             stage = "components"
-            seg_array = _clean(seg_array, image.spacing)
+            seg_array = _clean(seg_array, image.spacing, options.components)
         seg_volume = Volume(array=seg_array, affine=image.affine.copy(), source=None,
                             meta={k: v for k, v in image.meta.items() if k == "nifti_header"})
         stage = "volumes"
@@ -651,8 +658,6 @@ def run_batch(archive: str | Path, predictor, out_dir: str | Path, options: Batc
     Returns:
         The run record (see :func:`finalize_batch`).
     """
-    from medseg.plans import LABELS_FILE, read_labels
-
     options = options or BatchOptions()
     out_dir = Path(out_dir)
     with run_lock(out_dir):
@@ -661,6 +666,8 @@ def run_batch(archive: str | Path, predictor, out_dir: str | Path, options: Batc
 
 def _run_batch_locked(archive, predictor, out_dir: Path, options: BatchOptions, model_dir, retries: int,
                       on_study) -> dict[str, Any]:
+    from medseg.plans import LABELS_FILE, read_labels
+
     started = now_utc()
     studies = scan_archive(archive, exclude=(out_dir,))
     key = config_key(model_dir, options)

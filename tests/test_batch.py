@@ -140,3 +140,31 @@ def test_run_lock_refuses_a_second_run(tmp_path):
                 pass
     with run_lock(tmp_path):  # released: the next run goes ahead
         pass
+
+
+def test_run_batch_plain_loop(tmp_path):
+    """The library alone (no Prefect): a plain loop with the real Predictor, then nothing to redo."""
+    import numpy as np
+
+    from medseg.batch import DEFAULT_COMPONENTS, run_batch
+    from medseg.inference import Predictor
+    from medseg.io import read_volume
+    from medseg.training import quick_train_phantom_model
+
+    model = quick_train_phantom_model(tmp_path / "train", steps=2)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in (1, 2):
+        write_volume(_tiny(i).image, archive / f"s{i}.nii.gz")
+    predictor = Predictor.from_model_dir(model)
+    opts = BatchOptions(crf=True, components=DEFAULT_COMPONENTS)
+    record = run_batch(archive, predictor, tmp_path / "out", opts, model_dir=model)
+    assert record["processed"] == ["s1", "s2"] and record["failed"] == []
+    seg = read_volume(tmp_path / "out" / "studies" / "s1" / "segmentation.nii.gz")
+    img = read_volume(archive / "s1.nii.gz")
+    assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
+    again = run_batch(archive, predictor, tmp_path / "out", opts, model_dir=model)
+    assert again["processed"] == [] and again["skipped"] == ["s1", "s2"]
+    # other options are another configuration: the studies are redone
+    third = run_batch(archive, predictor, tmp_path / "out", BatchOptions(), model_dir=model)
+    assert third["processed"] == ["s1", "s2"]

@@ -33,9 +33,11 @@ def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, 
                    workers: int = 0) -> dict:
     """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one)."""
     from flows.segment_archive import segment_archive
+    from medseg.batch import DEFAULT_COMPONENTS
 
     return segment_archive(archive=str(archive.resolve()), model_dir=str(model.resolve()),
-                           out_dir=str(out.resolve()), crf=crf, components=components, tta=tta, device=device,
+                           out_dir=str(out.resolve()), crf=crf, components=DEFAULT_COMPONENTS if components else None,
+                           tta=tta, device=device,
                            dask_address=dask_address, workers=workers)
 
 
@@ -55,7 +57,7 @@ def batch_command(
     model: Path = typer.Option(..., "--model", help="Model directory (what `medseg train` writes)."),
     out: Path = typer.Option(..., "--out", help="Output folder (studies/, state/, failures.csv, volumes.csv/html)."),
     crf: bool = typer.Option(False, "--crf", help="Refine each segmentation with the dense 3D CRF."),
-    components: bool = typer.Option(False, "--components", help="Remove small disconnected blobs."),
+    components: bool = typer.Option(False, "--components", help="Remove blobs under 0.1 mL and fill enclosed holes."),
     tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address",
@@ -82,7 +84,7 @@ def schedule_command(
     name: str = typer.Option("nightly", "--name", help="Deployment name (runs as segment-archive/NAME)."),
     timezone: Optional[str] = typer.Option(None, "--timezone", help="Time zone of the cron schedule (default UTC)."),
     crf: bool = typer.Option(False, "--crf", help="Refine each segmentation with the dense 3D CRF."),
-    components: bool = typer.Option(False, "--components", help="Remove small disconnected blobs."),
+    components: bool = typer.Option(False, "--components", help="Remove blobs under 0.1 mL and fill enclosed holes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the studies."),
     workers: int = typer.Option(0, "--workers", min=0, help="Local Dask cluster of N worker processes."),
@@ -113,9 +115,11 @@ def schedule_command(
 
     from flows.segment_archive import segment_archive
 
+    from medseg.batch import DEFAULT_COMPONENTS
+
     parameters = {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
-                  "crf": crf, "components": components, "device": device, "dask_address": dask_address,
-                  "workers": workers}
+                  "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "device": device,
+                  "dask_address": dask_address, "workers": workers}
     stage(f"serving segment-archive/{name} on {cron!r} (Ctrl-C to stop)")
     segment_archive.serve(name=name, schedules=[schedule], parameters=parameters,
                           entrypoint_type=EntrypointType.MODULE_PATH,

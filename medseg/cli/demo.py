@@ -21,9 +21,13 @@ import typer
 
 from medseg.cli.app import app, handle_errors, stage
 
-__all__ = ["demo_command", "run_demo", "ORGANS"]
+__all__ = ["demo_command", "run_demo", "demo_train_config", "ORGANS", "DEMO_NOISE_HU", "DEMO_COMPONENTS"]
 
 ORGANS = ("liver", "spleen", "kidney_right", "kidney_left")
+# Image noise of the demo's phantoms (HU, Gaussian before a light blur).
+DEMO_NOISE_HU = 4.0
+# Clean-up after the CRF: organs are one piece each; tumour specks under 30 mm³ go.
+DEMO_COMPONENTS = {"largest_component": [1, 2, 3, 4], "min_size_mm3": 30.0}
 
 
 def _volume_errors(batch_out: Path, archive: Path) -> dict:
@@ -48,14 +52,30 @@ def _volume_errors(batch_out: Path, archive: Path) -> dict:
                                          / max(1, sum(1 for r in rows if r["organ"] == o)) for o in ORGANS}}
 
 
-def run_demo(out: Path, *, n_studies: int = 8, train_steps: int = 1500, train_seconds: float = 120.0,
-             crf: bool = True) -> dict:
+def demo_train_config(steps: int):
+    """The demo's training config: the project's quick phantom U-Net config (3D U-Net 8-16-32-64,
+    Dice+CE, AdamW, poly schedule, 4 mm grid, 48x48x32 patches, bf16 on CPU) for ``steps`` steps,
+    validated once at the end."""
+    from medseg.training.config import TrainConfig
+    from medseg.training.quick import quick_phantom_config
+
+    cfg = quick_phantom_config(steps=steps).model_dump(mode="json")
+    cfg["checkpoint_every_steps"] = steps
+    return TrainConfig.model_validate(cfg)
+
+
+def run_demo(out: Path, *, n_studies: int = 8, n_train: int = 8, train_steps: int = 600,
+             train_seconds: float = 150.0, noise_hu: float = DEMO_NOISE_HU, crf: bool = True) -> dict:
     """The demo's work (see the module docstring); returns the summary it writes to
-    ``OUT/demo_summary.json``."""
+    ``OUT/demo_summary.json``.
+
+    Reproduce the model alone with the same code: ``medseg.training.train(demo_train_config(600),
+    manifest=OUT/training/phantoms/manifest.csv, out_dir=...)``.
+    """
     from flows.segment_archive import segment_archive
     from medseg.io.atomic import atomic_write_text
     from medseg.phantoms import write_phantom_archive
-    from medseg.training import quick_train_phantom_model
+    from medseg.training import train
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -63,19 +83,23 @@ def run_demo(out: Path, *, n_studies: int = 8, train_steps: int = 1500, train_se
     archive = out / "archive"
     stage(f"writing {n_studies} phantom studies to {archive}")
     if not (archive / "phantom_volumes.json").is_file():
-        # seeds 1000+ never overlap the training phantoms' seeds
-        write_phantom_archive(archive, n_studies, seed=1000)
+        # seeds 1000+ never overlap the training phantoms' seeds (0..n_train)
+        write_phantom_archive(archive, n_studies, seed=1000, noise_hu=noise_hu)
     training = out / "training"
     model = training / "model"
-    stage(f"training a 3D U-Net on phantoms (at most {train_steps} steps or {train_seconds:.0f} s) into {model}")
     t = time.perf_counter()
     if not (model / "model.pt").is_file():
-        model = quick_train_phantom_model(training, steps=train_steps, seconds_budget=train_seconds)
+        stage(f"training a 3D U-Net on {n_train} other phantoms ({train_steps} steps, at most "
+              f"{train_seconds:.0f} s) into {model}")
+        manifest = write_phantom_archive(training / "phantoms", n_train + 1, seed=0,
+                                         splits={"train": n_train, "val": 1}, noise_hu=noise_hu)
+        model = train(demo_train_config(train_steps), manifest=manifest, out_dir=model, device="cpu",
+                      progress=True, time_budget_s=train_seconds)
     train_s = time.perf_counter() - t
     batch_out = out / "batch"
     stage(f"segmenting the archive{' with the dense CRF' if crf else ''} (Prefect flow) into {batch_out}")
     t = time.perf_counter()
-    record = segment_archive(str(archive), str(model), str(batch_out), crf=crf)
+    record = segment_archive(str(archive), str(model), str(batch_out), crf=crf, components=DEMO_COMPONENTS)
     flow_s = time.perf_counter() - t
     errors = _volume_errors(batch_out, archive)
     summary_path = batch_out / "evaluation" / "summary.json"
@@ -105,13 +129,15 @@ def run_demo(out: Path, *, n_studies: int = 8, train_steps: int = 1500, train_se
 def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder (archive, model, batch results)."),
     studies: int = typer.Option(8, "--studies", min=1, help="Phantom studies in the archive."),
-    train_seconds: float = typer.Option(120.0, "--train-seconds", min=5.0, help="Training time budget (s)."),
+    train_steps: int = typer.Option(600, "--train-steps", min=1, help="Training steps."),
+    train_seconds: float = typer.Option(150.0, "--train-seconds", min=5.0,
+                                        help="Stop training earlier after this many seconds."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Refine segmentations with the dense 3D CRF."),
 ) -> None:
     """Run the whole pipeline on phantoms: archive → trained 3D U-Net → batch flow with CRF → reports."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    summary = run_demo(out, n_studies=studies, train_seconds=train_seconds, crf=crf)
+    summary = run_demo(out, n_studies=studies, train_steps=train_steps, train_seconds=train_seconds, crf=crf)
     rep = summary["reports"]
     typer.echo("")
     typer.echo(f"medseg demo: {summary['processed']} of {summary['studies']} phantom studies segmented "
