@@ -189,7 +189,7 @@ def segment_studies(plans: list, model_dir: str, out_dir: str, options: batch.Ba
 
 @flow(name=FLOW_NAME)
 def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = False,
-                    components: dict[str, Any] | None = None,
+                    components: dict[str, Any] | None = None, crf_config: dict[str, Any] | None = None,
                     tta: bool = False, device: str = "auto", dask_address: str | None = None,
                     workers: int = 0) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
@@ -199,6 +199,7 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
         model_dir: a model directory (``medseg train`` output).
         out_dir: output folder (see :mod:`medseg.batch` for its layout).
         crf: dense 3D CRF on the network's probabilities.
+        crf_config: ``CRFConfig`` fields overriding the CT defaults (e.g. ``{"iterations": 2}``).
         components: connected-component clean-up of the labels (``ComponentsConfig`` fields, e.g.
             :data:`medseg.batch.DEFAULT_COMPONENTS`), or ``None`` for none.
         tta: mirror test-time augmentation.
@@ -210,15 +211,14 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
     """
     with batch.run_lock(out_dir):
-        return _segment_archive_locked(archive, model_dir, out_dir, crf, components, tta, device, dask_address,
-                                       workers)
+        options = batch.BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta)
+        return _segment_archive_locked(archive, model_dir, out_dir, options, device, dask_address, workers)
 
 
-def _segment_archive_locked(archive: str, model_dir: str, out_dir: str, crf: bool, components: dict | None, tta: bool,
-                            device: str, dask_address: str | None, workers: int) -> dict[str, Any]:
+def _segment_archive_locked(archive: str, model_dir: str, out_dir: str, options: batch.BatchOptions, device: str,
+                            dask_address: str | None, workers: int) -> dict[str, Any]:
     logger = get_run_logger()
     started = batch.now_utc()
-    options = batch.BatchOptions(crf=crf, components=components, tta=tta)
     studies, plans, key, labels = scan_archive_task(archive, out_dir, model_dir, options)
     n_todo = sum(p.todo for p in plans)
     logger.info("%d studies in %s: %d to do, %d already done", len(studies), archive, n_todo, len(plans) - n_todo)

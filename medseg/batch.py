@@ -98,6 +98,7 @@ class BatchOptions(BaseModel):
 
     Attributes:
         crf: refine the network's probabilities with the dense 3D CRF before taking labels.
+        crf_config: ``CRFConfig`` fields that override ``CRFConfig.for_modality(modality)``.
         components: connected-component clean-up (``ComponentsConfig`` fields), or ``None``.
         tta: mirror test-time augmentation in the predictor.
         modality: CRF kernel defaults (``"CT"`` or ``"MR"``).
@@ -106,6 +107,9 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     crf: bool = False
+    crf_config: dict[str, Any] | None = Field(
+        None, description="CRFConfig fields overriding the modality's defaults (e.g. {'intensity_sigma': None} "
+                          "to take the intensity kernel from the image's noise)")
     components: dict[str, Any] | None = Field(
         None, description="connected-component clean-up: the fields of medseg.postprocess.components."
                           "ComponentsConfig (e.g. {'min_size_mm3': 100, 'largest_component': [1, 2]}); None: off")
@@ -426,7 +430,8 @@ def _apply_crf(image, prediction, options: BatchOptions):
     from medseg.postprocess.crf import CRFConfig, dense_crf
 
     probs = np.moveaxis(np.asarray(prediction.probabilities(np.float32)), -1, 0)  # (C, X, Y, Z)
-    refined = dense_crf(image.array, probs, image.spacing, CRFConfig.for_modality(options.modality))
+    cfg = CRFConfig.for_modality(options.modality, **(options.crf_config or {}))
+    refined = dense_crf(image.array, probs, image.spacing, cfg)
     return np.asarray(refined).argmax(axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
 
 
