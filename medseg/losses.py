@@ -100,21 +100,24 @@ class FocalLoss(nn.Module):
         from monai.losses import FocalLoss as MonaiFocalLoss
 
         alpha = _weights(class_weights, "class_weights")
-        self.n_alpha = None if alpha is None else alpha.numel()
+        self.register_buffer("alpha", alpha, persistent=False)
         self.include_background = include_background
-        # element-wise terms from MONAI; the reduction (sum over classes, mean over voxels) is ours
-        self.focal = MonaiFocalLoss(include_background=include_background, to_onehot_y=True, gamma=gamma,
-                                    weight=None if alpha is None else alpha.tolist(), reduction="none",
+        # element-wise terms -(1 - p_c)^γ t_c log p_c from MONAI, softmax over *all* classes (MONAI's
+        # include_background=False would renormalise the softmax without channel 0); class
+        # selection, α and the reduction (sum over classes, mean over voxels) are ours
+        self.focal = MonaiFocalLoss(include_background=True, to_onehot_y=True, gamma=gamma, reduction="none",
                                     use_softmax=True)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tgt = _as_index_target(target, logits)
-        if self.n_alpha is not None:
-            expected = logits.shape[1] - (0 if self.include_background else 1)
-            if self.n_alpha != expected:
-                raise ValueError(f"class_weights has {self.n_alpha} values but {expected} classes are scored "
-                                 f"(logits have {logits.shape[1]}, include_background={self.include_background})")
-        per_elem = self.focal(logits.float(), tgt[:, None])
+        per_elem = self.focal(logits.float(), tgt[:, None])  # (B, C, *spatial)
+        if not self.include_background:
+            per_elem = per_elem[:, 1:]
+        if self.alpha is not None:
+            if self.alpha.numel() != per_elem.shape[1]:
+                raise ValueError(f"class_weights has {self.alpha.numel()} values but {per_elem.shape[1]} classes are "
+                                 f"scored (logits have {logits.shape[1]}, include_background={self.include_background})")
+            per_elem = per_elem * self.alpha.to(per_elem.device).view([1, -1] + [1] * (per_elem.ndim - 2))
         return per_elem.sum(dim=1).mean()
 
 

@@ -3,18 +3,24 @@
 ``image`` holds one path or several channel paths joined by ``;``; ``label`` may be empty;
 ``split`` is ``train``, ``val`` or ``test``. Relative paths are relative to the manifest's
 folder and must stay inside ``root`` (default: that folder) unless ``allow_outside=True``.
+
+:func:`import_msd` turns a Medical Segmentation Decathlon / nnU-Net ``dataset.json`` into a
+manifest (paths confined to the dataset's folder in the same way).
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 
-__all__ = ["ManifestRow", "read_manifest", "write_manifest", "SPLITS", "MANIFEST_COLUMNS"]
+__all__ = ["ManifestRow", "read_manifest", "write_manifest", "read_msd", "read_msd_labels", "import_msd",
+           "SPLITS", "MANIFEST_COLUMNS"]
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("case_id", "image", "label", "split", "modality")
@@ -114,3 +120,179 @@ def write_manifest(rows: list[ManifestRow], path: str | Path) -> Path:
             for r in rows:
                 w.writerow([r.case_id, ";".join(rel(p) for p in r.images), rel(r.label) if r.label else "", r.split, r.modality])
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# MSD / nnU-Net dataset.json
+
+
+def _load_dataset_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(path, "dataset.json not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"not a readable dataset.json ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "dataset.json must hold a JSON object")
+    return data
+
+
+def _modality(names: list[str]) -> str:
+    """Manifest modality from MSD/nnU-Net channel names: ``CT`` when every channel is CT, else ``MR``
+    for MR sequence names (T1, T2, FLAIR, ADC, DWI...), else the names joined by ``;``."""
+    upper = [n.strip().upper() for n in names]
+    if upper and all(u == "CT" or "CT" in u.split() for u in upper):
+        return "CT"
+    mr = re.compile(r"^(MR|MRI|T1|T1W|T1C|T1GD|T2|T2W|FLAIR|ADC|DWI|PD|T1CE|T2FLAIR|NONCONTRAST|CONTRAST)")
+    if upper and all(mr.match(u.replace("-", "").replace(" ", "")) for u in upper):
+        return "MR"
+    return ";".join(n.strip() for n in names)
+
+
+def _channel_names(path: Path, data: dict) -> list[str]:
+    channels = data.get("channel_names", data.get("modality", {}))
+    if not isinstance(channels, dict) or not channels:
+        return []
+    try:
+        return [str(channels[k]) for k in sorted(channels, key=lambda k: int(k))]
+    except (TypeError, ValueError):
+        raise InputError(path, "channel_names/modality keys must be channel numbers \"0\", \"1\", ...") from None
+
+
+def read_msd_labels(dataset_json: str | Path) -> dict[int, str]:
+    """The labels of a ``dataset.json`` as ``{id: name}`` (0/background dropped).
+
+    MSD writes ``{"0": "background", "1": "liver"}``; nnU-Net v2 ``{"background": 0, "liver": 1}``
+    (region-based nnU-Net labels, lists of ids, are refused).
+    """
+    path = Path(dataset_json)
+    labels = _load_dataset_json(path).get("labels", {})
+    if not isinstance(labels, dict):
+        raise InputError(path, "'labels' must be an object")
+    out: dict[int, str] = {}
+    for k, v in labels.items():
+        if isinstance(v, int) and not isinstance(v, bool):  # nnU-Net v2: name -> id
+            key, name = v, str(k)
+        elif isinstance(v, str) and str(k).lstrip("-").isdigit():  # MSD: id -> name
+            key, name = int(k), v
+        else:
+            raise InputError(path, f"label {k!r}: {v!r} is neither id->name (MSD) nor name->id (nnU-Net v2)")
+        if key != 0:
+            out[key] = name
+    return out
+
+
+def read_msd(dataset_json: str | Path, *, allow_outside: bool = False) -> list[ManifestRow]:
+    """Read a Medical Segmentation Decathlon or nnU-Net v2 ``dataset.json`` as manifest rows.
+
+    - MSD: ``training: [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]`` (split
+      ``train``) and ``test: ["./imagesTs/y.nii.gz"]`` (split ``test``, no label).
+    - nnU-Net v2 (``channel_names`` + ``file_ending``): cases found in ``imagesTr/`` named
+      ``<case>_<XXXX><file_ending>`` (one file per channel), labels ``labelsTr/<case><file_ending>``
+      (split ``train``); ``imagesTs/`` cases become split ``test``.
+
+    Paths are relative to the dataset.json's folder and must stay inside it unless
+    ``allow_outside``. Files must exist.
+
+    Raises:
+        InputError: naming the dataset.json and the problem (unknown layout, an escaping path,
+            a missing file or channel, duplicate case ids).
+    """
+    path = Path(dataset_json)
+    data = _load_dataset_json(path)
+    base = path.resolve().parent
+    modality = _modality(_channel_names(path, data))
+    rows: list[ManifestRow] = []
+
+    def resolve(value: object, what: str) -> Path:
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(path, f"{what}: expected a path string, got {value!r}")
+        raw = Path(value.strip())
+        if raw.is_absolute() and not allow_outside:
+            raise InputError(path, f"{what}: absolute path {value!r} not allowed (paths are relative to the dataset.json)")
+        p = (base / raw).resolve()
+        if not allow_outside and not p.is_relative_to(base):
+            raise InputError(path, f"{what}: path {value!r} escapes the dataset folder {base}")
+        if not p.is_file():
+            raise InputError(path, f"{what}: file not found: {value}")
+        return p
+
+    if "training" in data or "test" in data:
+        for i, entry in enumerate(data.get("training", []) or []):
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise InputError(path, f"training[{i}]: expected {{\"image\": ..., \"label\": ...}}, got {entry!r}")
+            image = resolve(entry["image"], f"training[{i}].image")
+            label = resolve(entry["label"], f"training[{i}].label") if entry.get("label") else None
+            rows.append(ManifestRow(_case_from_name(image.name), (image,), label, "train", modality))
+        for i, entry in enumerate(data.get("test", []) or []):
+            value = entry.get("image") if isinstance(entry, dict) else entry
+            image = resolve(value, f"test[{i}]")
+            rows.append(ManifestRow(_case_from_name(image.name), (image,), None, "test", modality))
+    elif "file_ending" in data:
+        ending = str(data["file_ending"])
+        n_channels = max(1, len(_channel_names(path, data)))
+        for folder, split in (("imagesTr", "train"), ("imagesTs", "test")):
+            rows += _nnunet_cases(path, base / folder, ending, n_channels, split, modality,
+                                  base / "labelsTr" if split == "train" else None)
+        if not rows:
+            raise InputError(path, f"no cases found in imagesTr/ or imagesTs/ (files named <case>_0000{ending})")
+    else:
+        raise InputError(path, "neither an MSD dataset.json ('training'/'test' lists) nor an nnU-Net v2 one "
+                         "('channel_names' and 'file_ending')")
+    seen: set[str] = set()
+    for r in rows:
+        if r.case_id in seen:
+            raise InputError(path, f"duplicate case id {r.case_id!r}")
+        seen.add(r.case_id)
+    if not rows:
+        raise InputError(path, "dataset.json lists no cases")
+    return rows
+
+
+def _case_from_name(name: str) -> str:
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _nnunet_cases(path: Path, folder: Path, ending: str, n_channels: int, split: str, modality: str,
+                  labels: Path | None) -> list[ManifestRow]:
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + "$")
+    cases: dict[str, dict[int, Path]] = {}
+    for f in sorted(folder.iterdir()):
+        m = pattern.match(f.name)
+        if m and not f.name.startswith("."):
+            cases.setdefault(m["case"], {})[int(m["ch"])] = f.resolve()
+    rows = []
+    for case, channels in sorted(cases.items()):
+        missing = [c for c in range(n_channels) if c not in channels]
+        if missing:
+            raise InputError(path, f"case {case!r} in {folder.name}/ lacks channel file(s) "
+                             + ", ".join(f"{case}_{c:04d}{ending}" for c in missing))
+        label = None
+        if labels is not None:
+            label = labels / f"{case}{ending}"
+            if not label.is_file():
+                raise InputError(path, f"case {case!r}: label file not found: labelsTr/{case}{ending}")
+        rows.append(ManifestRow(case, tuple(channels[c] for c in range(n_channels)), label, split, modality))
+    return rows
+
+
+def import_msd(dataset_json: str | Path, out_csv: str | Path, *, labels_json: str | Path | None = None,
+               allow_outside: bool = False) -> Path:
+    """Write the manifest of an MSD / nnU-Net ``dataset.json`` (see :func:`read_msd`) to ``out_csv``.
+
+    Paths are written relative to ``out_csv``'s folder where possible (absolute otherwise, which
+    :func:`read_manifest` then accepts only with ``allow_outside=True``). ``labels_json``: also
+    write the dataset's labels as a medseg labels file (``{"1": "liver", ...}``).
+    """
+    rows = read_msd(dataset_json, allow_outside=allow_outside)
+    if labels_json is not None:
+        from medseg.plans import write_labels
+
+        write_labels(read_msd_labels(dataset_json), labels_json)
+    return write_manifest(rows, out_csv)

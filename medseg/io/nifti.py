@@ -22,89 +22,157 @@ def is_nifti_path(path: str | Path) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
-def _decompress(path: Path, raw: bytes) -> bytes:
+_GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, ValueError)
+# deflate cannot compress better than about 1032:1; a header declaring more voxel bytes than
+# that allows is corrupt (and must not make us allocate them)
+_MAX_DEFLATE_RATIO = 1100
+_CHUNK = 1 << 24
+
+
+def _gzip_errors() -> tuple[type[BaseException], ...]:
+    from isal import igzip_lib
+
+    return _GZIP_ERRORS + (igzip_lib.IsalError,)
+
+
+def _header_class(path: Path, head: bytes):
+    """The nibabel header class, byte order and header size of the NIfTI header in ``head``."""
+    import nibabel as nib
+
+    if len(head) < 348:
+        raise InputError(path, f"not a NIfTI file (only {len(head)} bytes, a NIfTI header alone is 348)")
+    classes = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
+    for endian, order in (("<", "little"), (">", "big")):
+        sizeof_hdr = int.from_bytes(head[:4], order)
+        if sizeof_hdr in classes:
+            break
+    else:
+        raise InputError(path, "not a NIfTI file (bad header size field; is it another format?)")
+    if len(head) < sizeof_hdr:
+        raise InputError(path, f"not a NIfTI file (header cut short at {len(head)} bytes)")
+    # pixdim[1..3] as stored: nibabel would silently take the absolute value of negative ones.
+    nifti1 = sizeof_hdr == 348
+    pixdim = np.frombuffer(head, dtype=endian + ("f4" if nifti1 else "f8"), count=3, offset=80 if nifti1 else 112)
+    ndim = int(np.frombuffer(head, dtype=endian + ("i2" if nifti1 else "i8"), count=1, offset=40 if nifti1 else 16)[0])
+    if ndim >= 3 and (not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0)):
+        raise InputError(path, f"zero or negative voxel spacing {tuple(float(z) for z in pixdim)} mm in the header")
+    vox_offset = float(np.frombuffer(head, dtype=endian + ("f4" if nifti1 else "i8"), count=1,
+                                     offset=108 if nifti1 else 168)[0])
+    if not np.isfinite(vox_offset) or vox_offset < 0:
+        raise InputError(path, f"not a readable NIfTI file (voxel offset {vox_offset})")
+    return classes[sizeof_hdr], max(int(vox_offset), sizeof_hdr + 4)
+
+
+def _read_header_and_voxels(path: Path, stream, file_size: int, compressed: bool):
+    """Parse the header from ``stream`` and read the voxel bytes into one writeable buffer.
+
+    The voxels land directly in a ``bytearray`` of the size the header declares (no copy of the
+    compressed file, no second copy of the data): peak memory is about one array.
+    """
+    head = stream.read(540)
+    cls, offset = _header_class(path, head)
+    if len(head) < offset:
+        head += stream.read(offset - len(head))
+    try:
+        import io
+
+        hdr = cls.from_fileobj(io.BytesIO(head[:offset]), check=True)
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        dtype = hdr.get_data_dtype()
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises many types for malformed headers
+        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    nbytes = count * dtype.itemsize
+    limit = file_size * _MAX_DEFLATE_RATIO + (1 << 20) if compressed else file_size - offset
+    if nbytes > limit:
+        raise InputError(path, f"header declares {nbytes} bytes of voxels ({shape} {dtype}) but the file holds "
+                         f"at most {max(limit, 0)}: truncated or not a NIfTI file")
+    buf = bytearray(nbytes)
+    pre = head[offset:offset + nbytes]
+    buf[:len(pre)] = pre
+    got = len(pre)
+    view = memoryview(buf)
+    while got < nbytes:  # in chunks: a gzip reader decompresses a whole request into a temporary
+        n = stream.readinto(view[got:got + _CHUNK])
+        if not n:
+            break
+        got += n
+    if got < nbytes:
+        raise InputError(path, f"voxel data cut short: {got} of {nbytes} bytes")
+    if compressed:
+        while stream.read(1 << 20):  # to the end: the gzip trailer (CRC, length) is checked there
+            pass
+    return hdr, shape, np.frombuffer(buf, dtype=dtype, count=count).reshape(shape, order="F")
+
+
+def _read_nifti_parts(path: Path):
     from isal import igzip
 
     try:
-        return igzip.decompress(raw)
-    except (EOFError, OSError, zlib.error, ValueError) as exc:
-        raise InputError(path, f"truncated or corrupt gzip stream ({exc})") from None
-
-
-def _nib_image(path: Path, data: bytes):
-    import nibabel as nib
-
-    if len(data) < 348:
-        raise InputError(path, f"not a NIfTI file (only {len(data)} bytes, a NIfTI header alone is 348)")
-    classes = {348: nib.Nifti1Image, 540: nib.Nifti2Image}
-    sizeof_hdr = int.from_bytes(data[:4], "little")
-    if sizeof_hdr not in classes:
-        sizeof_hdr = int.from_bytes(data[:4], "big")
-    cls = classes.get(sizeof_hdr)
-    if cls is None:
-        raise InputError(path, "not a NIfTI file (bad header size field; is it another format?)")
+        file_size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not a NIfTI file") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if magic == GZIP_MAGIC:
+        try:
+            with igzip.open(path, "rb") as stream:
+                return _read_header_and_voxels(path, stream, file_size, compressed=True)
+        except _gzip_errors() as exc:
+            raise InputError(path, f"truncated or corrupt gzip stream ({exc})") from None
+    if str(path).lower().endswith(".gz"):
+        raise InputError(path, "named .gz but is not gzip-compressed")
     try:
-        return cls.from_bytes(data)
-    except Exception as exc:  # nibabel raises many types for malformed headers
-        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        with open(path, "rb") as stream:
+            return _read_header_and_voxels(path, stream, file_size, compressed=False)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
 
 
 def read_nifti(path: str | Path, *, allow_nonfinite: bool = False) -> Volume:
     """Read a .nii or .nii.gz file into a :class:`Volume`, validating it.
 
-    Returns voxels in their stored dtype when the header has no scaling (``scl_slope`` 0/NaN or
-    1 with ``scl_inter`` 0); scaled files come back as float (the values the header means).
+    Returns voxels in their stored dtype (native byte order) when the header has no scaling
+    (``scl_slope`` 0/NaN or 1 with ``scl_inter`` 0); scaled files come back as float (the values
+    the header means, as nibabel computes them). The array is writeable and Fortran-ordered, read
+    straight into its own buffer (peak memory about one array).
 
     Raises:
         InputError: truncated/corrupt gzip, not a NIfTI, a real 4D+ series (a trailing axis of
             length 1 is squeezed), NaN/Inf voxels (unless ``allow_nonfinite``), zero or negative
             spacing, a singular affine.
     """
+    from nibabel.volumeutils import apply_read_scaling
+
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not a NIfTI file") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if raw[:2] == GZIP_MAGIC:
-        raw = _decompress(path, raw)
-    elif str(path).lower().endswith(".gz"):
-        raise InputError(path, "named .gz but is not gzip-compressed")
-    img = _nib_image(path, raw)
-    hdr = img.header
-    shape = tuple(int(s) for s in img.shape)
+    hdr, shape, array = _read_nifti_parts(path)
     if len(shape) < 3:
         raise InputError(path, f"{len(shape)}D image {shape}: medseg needs a 3D volume")
     if len(shape) > 3:
-        if all(s == 1 for s in shape[3:]):
-            squeeze = True
-        else:
+        if not all(s == 1 for s in shape[3:]):
             raise InputError(path, f"4D data {shape}: a series of {int(np.prod(shape[3:]))} volumes, "
                              "not one 3D volume (split it into 3D files first)")
-    else:
-        squeeze = False
+        array = array.reshape(shape[:3], order="F")
     zooms = hdr.get_zooms()[:3]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise InputError(path, f"zero or negative voxel spacing {tuple(float(z) for z in zooms)} mm in the header")
-    affine = np.asarray(img.affine, dtype=np.float64)
+    affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(path, "singular affine (the voxel-to-world matrix has zero volume)")
-    try:
-        slope, inter = hdr.get_slope_inter()
-        unscaled = slope in (None, 1.0) and inter in (None, 0.0)
-        array = np.asanyarray(img.dataobj) if not unscaled else np.asarray(img.dataobj.get_unscaled())
-    except Exception as exc:
-        raise InputError(path, f"voxel data cannot be read ({type(exc).__name__}: {exc})") from None
-    if squeeze:
-        array = array.reshape(shape[:3])
+        raise InputError(path, "singular or non-finite affine (the voxel-to-world matrix has zero volume)")
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="), order="F")
+    slope, inter = hdr.get_slope_inter()
+    if not (slope in (None, 1.0) and inter in (None, 0.0)):
+        array = apply_read_scaling(array, slope, inter)
     if array.dtype.kind == "f" and not allow_nonfinite:
         bad = ~np.isfinite(array)
         if bad.any():
             raise InputError(path, f"{int(bad.sum())} NaN/Inf voxels (first at index {tuple(int(i) for i in np.argwhere(bad)[0])})")
-    array = np.ascontiguousarray(array) if not array.flags.writeable else array
-    hdr = hdr.copy()
-    return Volume(array=array, affine=affine, source=str(path), meta={"nifti_header": hdr, "format": "nifti"})
+    return Volume(array=array, affine=affine, source=str(path), meta={"nifti_header": hdr.copy(), "format": "nifti"})
 
 
 def write_nifti(volume: Volume, path: str | Path, *, dtype: np.dtype | None = None, compresslevel: int = 1) -> Path:
@@ -147,13 +215,17 @@ def write_nifti_array(array: np.ndarray, affine: np.ndarray, path: str | Path, *
     # Keep the input's codes but make both forms carry this exact affine.
     img.set_qform(affine, code=qcode or 1)
     img.set_sform(affine, code=scode or 1)
-    data = img.to_bytes()
+    # Streamed (header, then the voxels in chunks) into the compressor: no uncompressed copy of
+    # the whole file in memory (benchmarks/io: +3 MiB instead of +225 MiB for a 512x512x300 CT).
+    from nibabel.fileholders import FileHolder
+
     with atomic_path(path) as tmp:
         if str(path).lower().endswith(".gz"):
             with igzip.open(tmp, "wb", compresslevel=compresslevel) as f:
-                f.write(data)
+                img.to_file_map({"image": FileHolder(fileobj=f)})
         else:
-            tmp.write_bytes(data)
+            with open(tmp, "wb") as f:
+                img.to_file_map({"image": FileHolder(fileobj=f)})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     return path

@@ -6,6 +6,7 @@ a RAS+ affine and an ``(i, j, k)`` = ``(x, y, z)`` array, the same convention as
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,36 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
             raise InputError(path, f"{int(bad.sum())} NaN/Inf voxels")
 
 
+def _itk_detail(exc: RuntimeError) -> str:
+    """The person-readable part of an ITK exception (the text after ``ITK ERROR: Class(0x…):``)."""
+    text = str(exc).strip()
+    m = re.search(r"ITK ERROR: [^:]*?: (.*)", text, flags=re.S)
+    detail = m.group(1) if m else (text.splitlines()[-1] if text else "")
+    return " ".join(detail.split())[:200]
+
+
+def _check_header_spacing(path: Path) -> None:
+    """Refuse zero/negative spacing written in a MetaImage or NRRD header (ITK would silently
+    turn a negative spacing into a flipped direction, and refuses zero with a cryptic message)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    text = head.split(b"\n\n", 1)[0].decode("latin-1") if path.suffix.lower() in (".nrrd", ".nhdr") else head.decode("latin-1")
+    patterns = (r"^\s*(?:ElementSpacing|ElementSize)\s*=\s*([^\n]+)", r"^\s*spacings\s*:\s*([^\n]+)")
+    for pattern in patterns:
+        for m in re.finditer(pattern, text, flags=re.M | re.I):
+            values = []
+            for tok in m.group(1).split():
+                try:
+                    values.append(float(tok))
+                except ValueError:
+                    continue  # nan for non-spatial axes in NRRD, or the start of binary data
+            if any(v <= 0 for v in values):
+                raise InputError(path, f"zero or negative voxel spacing {tuple(values)} mm in the header")
+
+
 def read_sitk_file(path: str | Path) -> Volume:
     """Read an NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, validating it like NIfTI."""
     import SimpleITK as sitk
@@ -84,12 +115,11 @@ def read_sitk_file(path: str | Path) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "does not exist" if not path.exists() else "is not a file")
+    _check_header_spacing(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line.strip() for line in first if "ERROR" in line or "exception" in line.lower()), first[-1] if first else "")
-        raise InputError(path, f"not a readable NRRD/MetaImage file ({detail[:200]})") from None
+        raise InputError(path, f"not a readable NRRD/MetaImage file ({_itk_detail(exc)})") from None
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     elif img.GetDimension() == 4:
@@ -215,7 +245,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         chosen = match[0]
     elif len(series) > 1:
         raise InputError(folder, f"{len(series)} DICOM series in one folder, pick one with --series UID: "
-                         + "; ".join(f"{s.uid} ({s.description or 'no description'}, {len(s.files)} files)" for s in series))
+                         + "; ".join(f"{s.uid or '(empty SeriesInstanceUID)'} ({s.description or 'no description'}, {len(s.files)} files)" for s in series))
     else:
         chosen = series[0]
     _check_slice_positions(folder, chosen.files)
@@ -224,7 +254,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     try:
         img = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(folder, f"DICOM series cannot be decoded ({str(exc).strip().splitlines()[-1][:200]})") from None
+        raise InputError(folder, f"DICOM series cannot be decoded ({_itk_detail(exc)})") from None
     _check_sitk_image(folder, img)
     meta = {"format": "dicom", "dicom": {"series_uid": chosen.uid, "description": chosen.description,
                                          "modality": chosen.modality, "n_files": len(chosen.files)}}

@@ -13,7 +13,8 @@ REAL_FILES = [
     ("ct_abdomen/dicom_seg.nii.gz", "LAS", np.uint8),
     ("ms_lesions/patient07/FLAIR_MNI.nii.gz", "LAS", np.float32),
     ("brats_glioma/brats_2013_pat0003_1/T1c_subtrMeanDivStd.nii.gz", "LPS", np.float32),
-    ("brats_glioma/brats_2013_pat0003_1/brainmask.nii.gz", "LPS", np.int32),
+    # stored int32 with scl_slope 2.3e-10, scl_inter 0.5: the values it means are floats 0 and ~1
+    ("brats_glioma/brats_2013_pat0003_1/brainmask.nii.gz", "LPS", np.float64),
     ("kits19_labels/case_00002/segmentation.nii.gz", "IPL", np.uint8),
 ]
 

@@ -1,0 +1,183 @@
+"""Manifest validation (paths confined to the root, duplicates, splits) and MSD / nnU-Net
+dataset.json import."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from medseg.errors import InputError
+from medseg.manifest import import_msd, read_manifest, read_msd, read_msd_labels
+
+HEADER = "case_id,image,label,split,modality\n"
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+@pytest.fixture()
+def root(tmp_path) -> Path:
+    r = tmp_path / "data"
+    _touch(r / "images" / "a.nii.gz")
+    _touch(r / "labels" / "a.nii.gz")
+    _touch(r / "images" / "b_0000.nii.gz")
+    _touch(r / "images" / "b_0001.nii.gz")
+    _touch(tmp_path / "secret.nii.gz")
+    return r
+
+
+def _manifest(root: Path, body: str) -> Path:
+    path = root / "manifest.csv"
+    path.write_text(HEADER + body)
+    return path
+
+
+def test_valid_manifest(root):
+    rows = read_manifest(_manifest(root, "a,images/a.nii.gz,labels/a.nii.gz,train,CT\n"
+                                          "b,images/b_0000.nii.gz;images/b_0001.nii.gz,,TEST,MR\n"))
+    assert [r.case_id for r in rows] == ["a", "b"]
+    assert rows[0].images == ((root / "images" / "a.nii.gz").resolve(),)
+    assert rows[0].label == (root / "labels" / "a.nii.gz").resolve()
+    assert len(rows[1].images) == 2 and rows[1].label is None and rows[1].split == "test"
+
+
+@pytest.mark.parametrize("image", ["../secret.nii.gz", "images/../../secret.nii.gz", "../../../../etc/passwd",
+                                   "images/./../../data/../secret.nii.gz"])
+def test_escape_attempts_refused(root, image):
+    path = _manifest(root, f"a,{image},,train,\n")
+    with pytest.raises(InputError, match=r"line 2: path .* escapes the manifest root") as err:
+        read_manifest(path)
+    assert str(path) in str(err.value)
+
+
+def test_escape_in_label_column_refused(root):
+    with pytest.raises(InputError, match="escapes the manifest root"):
+        read_manifest(_manifest(root, "a,images/a.nii.gz,../../etc/passwd,train,\n"))
+
+
+def test_symlink_out_of_the_root_refused(root, tmp_path):
+    os.symlink(tmp_path / "secret.nii.gz", root / "images" / "link.nii.gz")
+    with pytest.raises(InputError, match="escapes the manifest root"):
+        read_manifest(_manifest(root, "a,images/link.nii.gz,,train,\n"))
+
+
+def test_absolute_paths_refused_unless_allowed(root, tmp_path):
+    secret = tmp_path / "secret.nii.gz"
+    path = _manifest(root, f"a,{secret},,train,\n")
+    with pytest.raises(InputError, match="absolute path .* not allowed"):
+        read_manifest(path)
+    rows = read_manifest(path, allow_outside=True)
+    assert rows[0].images == (secret.resolve(),)
+    # an explicit root wider than the manifest's folder also admits relative paths into it
+    rel = _manifest(root, "a,../secret.nii.gz,,train,\n")
+    assert read_manifest(rel, root=tmp_path)[0].images == (secret.resolve(),)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("a,images/a.nii.gz,,train,\na,images/a.nii.gz,,val,\n", "line 3: duplicate case_id 'a'"),
+    ("a,images/a.nii.gz,,training,\n", "line 2: split 'training' is not one of train, val, test"),
+    ("a,images/a.nii.gz,,,\n", "line 2: split '' is not one of"),
+    (",images/a.nii.gz,,train,\n", "line 2: empty case_id"),
+    ("a,,,train,\n", "line 2: case 'a' has no image"),
+    ("a,images/missing.nii.gz,,train,\n", "line 2: file not found"),
+    ("", "manifest has no cases"),
+])
+def test_bad_rows(root, body, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        read_manifest(_manifest(root, body))
+
+
+def test_missing_columns(root):
+    path = root / "m.csv"
+    path.write_text("id,image\nx,images/a.nii.gz\n")
+    with pytest.raises(InputError, match="lacks column.*case_id, label, split"):
+        read_manifest(path)
+
+
+# --- MSD / nnU-Net ------------------------------------------------------------------------------
+
+
+def test_import_msd_task(tmp_path):
+    task = tmp_path / "Task03_Liver"
+    for name in ("liver_0", "liver_1"):
+        _touch(task / "imagesTr" / f"{name}.nii.gz")
+        _touch(task / "labelsTr" / f"{name}.nii.gz")
+    _touch(task / "imagesTs" / "liver_130.nii.gz")
+    _touch(task / "imagesTr" / "._liver_0.nii.gz")  # macOS litter is not listed, so not imported
+    (task / "dataset.json").write_text(json.dumps({
+        "name": "Liver", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "2": "cancer"},
+        "numTraining": 2, "numTest": 1,
+        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in ("liver_0", "liver_1")],
+        "test": ["./imagesTs/liver_130.nii.gz"]}))
+    out = import_msd(task / "dataset.json", tmp_path / "manifests" / "liver.csv", labels_json=tmp_path / "labels.json")
+    # outside the manifest's folder the paths are absolute: readable only when allowed explicitly
+    t = task.resolve()
+    assert out.read_text().splitlines() == [
+        "case_id,image,label,split,modality",
+        f"liver_0,{t}/imagesTr/liver_0.nii.gz,{t}/labelsTr/liver_0.nii.gz,train,CT",
+        f"liver_1,{t}/imagesTr/liver_1.nii.gz,{t}/labelsTr/liver_1.nii.gz,train,CT",
+        f"liver_130,{t}/imagesTs/liver_130.nii.gz,,test,CT"]
+    with pytest.raises(InputError, match="absolute path"):
+        read_manifest(out)
+    assert len(read_manifest(out, allow_outside=True)) == 3
+    assert json.loads((tmp_path / "labels.json").read_text()) == {"1": "liver", "2": "cancer"}
+    # the import beside the dataset reads back as a confined manifest
+    rows = read_manifest(import_msd(task / "dataset.json", task / "manifest.csv"))
+    assert [(r.case_id, r.split) for r in rows] == [("liver_0", "train"), ("liver_1", "train"), ("liver_130", "test")]
+
+
+def test_import_nnunet_v2(tmp_path):
+    ds = tmp_path / "Dataset002_Brain"
+    for case in ("BRATS_001", "BRATS_002"):
+        for ch in range(2):
+            _touch(ds / "imagesTr" / f"{case}_{ch:04d}.nii.gz")
+        _touch(ds / "labelsTr" / f"{case}.nii.gz")
+    _touch(ds / "imagesTs" / "BRATS_100_0000.nii.gz")
+    _touch(ds / "imagesTs" / "BRATS_100_0001.nii.gz")
+    (ds / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "FLAIR", "1": "T1w"}, "labels": {"background": 0, "edema": 1, "tumor": 2},
+        "numTraining": 2, "file_ending": ".nii.gz"}))
+    rows = read_msd(ds / "dataset.json")
+    assert [(r.case_id, r.split, len(r.images), r.label is not None, r.modality) for r in rows] == [
+        ("BRATS_001", "train", 2, True, "MR"), ("BRATS_002", "train", 2, True, "MR"), ("BRATS_100", "test", 2, False, "MR")]
+    assert rows[0].images[1].name == "BRATS_001_0001.nii.gz"
+    assert read_msd_labels(ds / "dataset.json") == {1: "edema", 2: "tumor"}
+    lines = import_msd(ds / "dataset.json", ds / "manifest.csv").read_text().splitlines()
+    assert lines[1] == "BRATS_001,imagesTr/BRATS_001_0000.nii.gz;imagesTr/BRATS_001_0001.nii.gz,labelsTr/BRATS_001.nii.gz,train,MR"
+    # a missing channel or label is named
+    (ds / "imagesTr" / "BRATS_002_0001.nii.gz").unlink()
+    with pytest.raises(InputError, match="'BRATS_002' in imagesTr/ lacks channel file.*BRATS_002_0001.nii.gz"):
+        read_msd(ds / "dataset.json")
+    _touch(ds / "imagesTr" / "BRATS_002_0001.nii.gz")
+    (ds / "labelsTr" / "BRATS_001.nii.gz").unlink()
+    with pytest.raises(InputError, match="label file not found: labelsTr/BRATS_001.nii.gz"):
+        read_msd(ds / "dataset.json")
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"image": "../../etc/passwd", "label": "./labelsTr/a.nii.gz"}, r"training\[0\].image: path .* escapes"),
+    ({"image": "/etc/passwd", "label": "./labelsTr/a.nii.gz"}, "absolute path"),
+    ({"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/nope.nii.gz"}, r"training\[0\].label: file not found"),
+    ("imagesTr/a.nii.gz", r"training\[0\]: expected"),
+])
+def test_msd_bad_entries(tmp_path, entry, message):
+    _touch(tmp_path / "imagesTr" / "a.nii.gz")
+    _touch(tmp_path / "labelsTr" / "a.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background"}, "training": [entry], "test": []}))
+    with pytest.raises(InputError, match=message):
+        read_msd(tmp_path / "dataset.json")
+
+
+def test_not_a_dataset_json(tmp_path):
+    (tmp_path / "dataset.json").write_text('{"name": "x"}')
+    with pytest.raises(InputError, match="neither an MSD dataset.json"):
+        read_msd(tmp_path / "dataset.json")
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(InputError, match="not a readable dataset.json"):
+        read_msd(tmp_path / "dataset.json")
