@@ -1,11 +1,12 @@
 """Inference: a model directory loaded once, sliding windows on GPU or CPU, results on the input's grid.
 
->>> from medseg.inference import Predictor, segment_file
+>>> from medseg.inference import Predictor, segment_file             # doctest: +SKIP
+>>> from medseg.io import read_volume
 >>> predictor = Predictor.from_model_dir("runs/phantom/model", device="auto")
->>> prediction = predictor.predict(read_volume("ct.nii.gz"))      # doctest: +SKIP
+>>> prediction = predictor.predict(read_volume("ct.nii.gz"), keep_probabilities=True)
 >>> prediction.labels            # uint8 Volume: the input's shape and affine
 >>> prediction.probabilities()   # (X, Y, Z, C) float16, computed when asked for
->>> segment_file("ct.nii.gz", predictor, "seg.nii.gz")             # doctest: +SKIP
+>>> segment_file("ct.nii.gz", predictor, "seg.nii.gz", volumes_path="volumes.json")
 
 Pipeline per study: the model's own preprocessing (orientation, spacing, intensity) →
 Gaussian-blended sliding windows, streamed in slabs along the last axis (the accumulator never

@@ -7,7 +7,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,6 +39,41 @@ def _to_input_axes(array: np.ndarray, inverse: InverseInfo) -> np.ndarray:
     if tuple(out.shape[:3]) != tuple(inverse.input_shape):
         raise RuntimeError(f"reorientation produced {out.shape[:3]}, expected the input's {inverse.input_shape}")
     return np.ascontiguousarray(out)
+
+
+def _network_grid_shape(inverse: InverseInfo) -> tuple[int, int, int]:
+    box = getattr(inverse, "crop_box", None)
+    if box is None:
+        return tuple(int(s) for s in inverse.resampled_shape)  # type: ignore[return-value]
+    return tuple(int(b - a) for a, b in box)  # type: ignore[return-value]
+
+
+def _uncropped_slabs(slabs: Iterable[tuple[int, np.ndarray]], inverse: InverseInfo, n_classes: int,
+                     step: int = 8) -> Iterator[tuple[int, np.ndarray]]:
+    """Undo a foreground crop slab by slab: network-grid slabs ``(K, x, y, dz)`` become slabs of the
+    whole resampled grid ``(K, X, Y, dz)``, outside the crop box certain background (class 0)."""
+    box = getattr(inverse, "crop_box", None)
+    if box is None:
+        yield from slabs
+        return
+    (x0, x1), (y0, y1), (z0, z1) = box
+    full_xy = tuple(int(s) for s in inverse.resampled_shape[:2])
+    depth = int(inverse.resampled_shape[2])
+
+    def background(a: int, b: int) -> Iterator[tuple[int, np.ndarray]]:
+        for z in range(a, b, step):
+            n = min(step, b - z)
+            bg = np.zeros((n_classes,) + full_xy + (n,), dtype=np.float32)
+            bg[0] = 1.0
+            yield z, bg
+
+    yield from background(0, z0)
+    for z, slab in slabs:
+        full = np.zeros((n_classes,) + full_xy + (slab.shape[-1],), dtype=np.float32)
+        full[0] = 1.0
+        full[:, x0:x1, y0:y1, :] = slab
+        yield z0 + z, full
+    yield from background(z1, depth)
 
 
 @dataclass
@@ -100,10 +135,10 @@ class Prediction:
         scores = self._network_scores
         k = scores.shape[0]
         oriented = np.empty(tuple(self._inverse.oriented_shape) + (k,), dtype=dtype)
-        resampler = SlabResampler(scores.shape[1:], self._inverse.oriented_shape, k)
+        resampler = SlabResampler(self._inverse.resampled_shape, self._inverse.oriented_shape, k)
         step = 8
-        for z in range(0, scores.shape[-1], step):
-            slab = scores[..., z:z + step].astype(np.float32)
+        slabs = ((z, scores[..., z:z + step].astype(np.float32)) for z in range(0, scores.shape[-1], step))
+        for _, slab in _uncropped_slabs(slabs, self._inverse, k):
             for oz, chunk in resampler.push(slab):
                 oriented[:, :, oz:oz + chunk.shape[-1], :] = np.moveaxis(chunk, 0, -1)
         out = _to_input_axes(oriented, self._inverse)
@@ -323,20 +358,28 @@ class Predictor:
         inverse = case.inverse
         k = self.n_classes
         net_shape = tuple(int(s) for s in case.image.shape[1:])
+        if net_shape != _network_grid_shape(inverse):
+            raise RuntimeError(f"preprocessed image {net_shape} is not the recorded network grid "
+                               f"{_network_grid_shape(inverse)}")
         if keep_probabilities is None:
             keep_probabilities = k * int(np.prod(net_shape)) * 2 <= KEEP_PROBABILITIES_AUTO_BYTES
         kept = np.empty((k,) + net_shape, dtype=np.float16) if keep_probabilities else None
         label_dtype = np.uint8 if k <= 256 else np.uint16
         labels_oriented = np.empty(tuple(inverse.oriented_shape), dtype=label_dtype)
-        resampler = SlabResampler(net_shape, inverse.oriented_shape, k)
+        resampler = SlabResampler(inverse.resampled_shape, inverse.oriented_shape, k)
         t_invert = 0.0
         t0 = time.perf_counter()
-        for z0, slab in iter_probability_slabs(case.image, lambda b: self.window_scores(b, tta=tta), k, self.window,
-                                               overlap=self.overlap, window_batch=self.window_batch,
-                                               importance=self._importance):
+
+        def network_slabs() -> Iterator[tuple[int, np.ndarray]]:
+            for z0, slab in iter_probability_slabs(case.image, lambda b: self.window_scores(b, tta=tta), k,
+                                                   self.window, overlap=self.overlap,
+                                                   window_batch=self.window_batch, importance=self._importance):
+                if kept is not None:
+                    kept[..., z0:z0 + slab.shape[-1]] = slab
+                yield z0, slab
+
+        for _, slab in _uncropped_slabs(network_slabs(), inverse, k):
             t1 = time.perf_counter()
-            if kept is not None:
-                kept[..., z0:z0 + slab.shape[-1]] = slab
             for oz, chunk in resampler.push(slab):
                 labels_oriented[..., oz:oz + chunk.shape[-1]] = chunk.argmax(axis=0)
             t_invert += time.perf_counter() - t1

@@ -104,25 +104,22 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
     cy = slice(pad_lo[1], pad_lo[1] + spatial[1])
     z_lo_valid, z_hi_valid = pad_lo[2], pad_lo[2] + spatial[2]
 
-    lo = 0  # first Z (padded grid) held by the buffers
-    acc = np.zeros((n_classes, padded[0], padded[1], 0), dtype=np.float32)
-    wsum = np.zeros((padded[0], padded[1], 0), dtype=np.float32)
+    # groups of Z starts: at least one, more while a batch would not be full (2D models: slices)
+    groups: list[list[int]] = []
     i = 0
     while i < len(zs):
-        # the next group of Z starts: at least one, more while the batch is not full
         group = [zs[i]]
         i += 1
         while i < len(zs) and len(group) * len(plane) < window_batch:
             group.append(zs[i])
             i += 1
-        end = group[-1] + pz
-        if end - lo > acc.shape[-1]:  # grow the buffers to cover [lo, end)
-            grown = np.zeros(acc.shape[:-1] + (end - lo,), dtype=np.float32)
-            grown[..., :acc.shape[-1]] = acc
-            acc = grown
-            grown_w = np.zeros(wsum.shape[:-1] + (end - lo,), dtype=np.float32)
-            grown_w[..., :wsum.shape[-1]] = wsum
-            wsum = grown_w
+        groups.append(group)
+    # one fixed buffer along Z, shifted in place (no second copy of it at any time)
+    depth = max(g[-1] + pz - g[0] for g in groups)
+    acc = np.zeros((n_classes, padded[0], padded[1], depth), dtype=np.float32)
+    wsum = np.zeros((padded[0], padded[1], depth), dtype=np.float32)
+    lo = 0  # the padded-grid Z of buffer index 0; always the first start of the current group
+    for gi, group in enumerate(groups):
         windows = [(x, y, z) for z in group for (x, y) in plane]
         for b0 in range(0, len(windows), window_batch):
             chunk = windows[b0:b0 + window_batch]
@@ -134,16 +131,18 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
             for b, (x, y, z) in enumerate(chunk):
                 acc[:, x:x + px, y:y + py, z - lo:z - lo + pz] += scores[b]
                 wsum[x:x + px, y:y + py, z - lo:z - lo + pz] += weights
-        nxt = zs[i] if i < len(zs) else padded[2]
+        nxt = groups[gi + 1][0] if gi + 1 < len(groups) else padded[2]
         # [lo, nxt) is final: no later window starts before nxt
         a, b = max(lo, z_lo_valid), min(nxt, z_hi_valid)
         if b > a:
-            num = acc[:, cx, cy, a - lo:b - lo]
-            den = wsum[cx, cy, a - lo:b - lo]
-            yield a - z_lo_valid, num / den[None]
-        keep = acc.shape[-1] - (nxt - lo)
-        acc = acc[..., nxt - lo:].copy() if keep > 0 else acc[..., :0]
-        wsum = wsum[..., nxt - lo:].copy() if keep > 0 else wsum[..., :0]
+            yield a - z_lo_valid, acc[:, cx, cy, a - lo:b - lo] / wsum[None, cx, cy, a - lo:b - lo]
+        n = nxt - lo
+        carried = max(0, group[-1] + pz - nxt)  # Z slices [nxt, end of this group) already summed
+        for j in range(carried):  # front to back: a slice never overwrites one still to be moved
+            acc[..., j] = acc[..., n + j]
+            wsum[..., j] = wsum[..., n + j]
+        acc[..., carried:] = 0.0
+        wsum[..., carried:] = 0.0
         lo = nxt
 
 

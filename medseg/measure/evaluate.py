@@ -5,7 +5,9 @@ Writes into ``out_dir``:
 - ``summary.json``: a superset of nnU-Net v2's ``summary.json``. nnU-Net's keys:
   ``metric_per_case`` (each ``{"reference_file", "prediction_file", "metrics": {label: {Dice, IoU,
   TP, FP, FN, TN, n_pred, n_ref}}}``), ``mean`` (``{label: {metric: nanmean over cases}}``) and
-  ``foreground_mean`` (``{metric: mean over labels of mean}``); labels are keys ``"1"``, ``"2"``….
+  ``foreground_mean`` (``{metric: mean over labels of mean}``, skipping labels whose mean is NaN,
+  i.e. labels absent from every case, where nnU-Net's plain mean would be NaN); labels are keys
+  ``"1"``, ``"2"``….
   medseg adds ``HD95`` (mm) and ``NSD`` to every metrics entry, ``case`` and ``lesions`` to every
   case, and top-level ``labels`` (id → name), ``lesions`` (``{label: {recall, precision, f1, n_ref,
   n_detected, n_pred, n_false_positive, by_size: [{min_ml, max_ml, n_ref, n_detected, recall}]}}``,
@@ -228,8 +230,9 @@ def summarize(cases: Sequence[CaseEvaluation], labels: dict[int, str] | None = N
             mean[str(i)][m] = float(np.nanmean(vals)) if np.any(~np.isnan(vals)) else float("nan")
     foreground = {}
     for m in metric_names:
-        vals = [mean[str(i)][m] for i in ids if i != 0]
-        foreground[m] = float(np.mean(vals)) if vals else float("nan")
+        vals = np.array([mean[str(i)][m] for i in ids if i != 0], dtype=float)
+        # nanmean: a label absent from every case (NaN mean) does not turn the whole mean NaN.
+        foreground[m] = float(np.nanmean(vals)) if np.any(~np.isnan(vals)) else float("nan")
     lesions = {}
     for i in ids:
         pooled = summarize_lesions([c.lesions[i] for c in cases], size_buckets_ml)

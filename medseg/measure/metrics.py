@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from medseg.measure.volumes import _Compact
+
 __all__ = ["confusion_counts", "overlap_metrics", "surface_distances", "hd95", "nsd", "label_metrics",
            "case_metrics", "DEFAULT_NSD_TOLERANCE_MM"]
 
@@ -52,10 +54,8 @@ def confusion_counts(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -
     if pred.shape != ref.shape:
         raise ValueError(f"pred shape {pred.shape} differs from ref shape {ref.shape}")
     labels = [int(v) for v in labels]
-    top = max([int(pred.max()) if pred.size else 0, int(ref.max()) if ref.size else 0] + labels) + 1
     # Compact values: requested labels 0..L-1, everything else L; counted slab by slab (cache-sized).
-    lut = np.full(top, len(labels), dtype=np.intp)
-    lut[labels] = np.arange(len(labels))
+    compact = _Compact(np.maximum(pred.max(initial=0), ref.max(initial=0)).reshape(1), labels)
     n = len(labels) + 1
     conf = np.zeros(n * n, dtype=np.int64)
     fortran = pred.flags.f_contiguous and not pred.flags.c_contiguous
@@ -66,8 +66,8 @@ def confusion_counts(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -
     for start in range(0, pred.shape[axis], step):
         sl = [slice(None)] * pred.ndim
         sl[axis] = slice(start, start + step)
-        p = np.take(lut, pred[tuple(sl)].ravel(order=order))
-        r = np.take(lut, ref[tuple(sl)].ravel(order=order))
+        p = compact(pred[tuple(sl)].ravel(order=order))
+        r = compact(ref[tuple(sl)].ravel(order=order))
         r *= n
         r += p
         conf += np.bincount(r, minlength=n * n)

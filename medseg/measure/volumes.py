@@ -70,14 +70,34 @@ def _check_labels(labels: dict[int, str]) -> dict[int, str]:
     return out
 
 
-def _lookup(seg: np.ndarray, ids: list[int]) -> tuple[np.ndarray, int]:
-    """A lookup table mapping raw label values to 0..L-1 (requested ids) and L (everything else)."""
-    n = len(ids)
-    top = int(seg.max()) if seg.size else 0
-    size = max(top, max(ids, default=0)) + 1
-    lut = np.full(size, n, dtype=np.intp)
-    lut[np.asarray(ids, dtype=np.intp)] = np.arange(n, dtype=np.intp)
-    return lut, n
+# Largest label value mapped through a dense lookup table (larger ids are looked up by bisection).
+_MAX_LUT = 1 << 22
+
+
+class _Compact:
+    """Maps raw label values to compact indices: requested ids → 0..L-1, everything else → L."""
+
+    def __init__(self, seg: np.ndarray, ids: list[int]):
+        self.n = len(ids)
+        top = int(seg.max()) if seg.size else 0
+        size = max(top, max(ids, default=0)) + 1
+        if size <= _MAX_LUT:
+            self.lut = np.full(size, self.n, dtype=np.intp)
+            self.lut[np.asarray(ids, dtype=np.intp)] = np.arange(self.n, dtype=np.intp)
+        else:  # e.g. uint32 instance ids: no 16 GiB table
+            self.lut = None
+            self.order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
+            self.sorted_ids = np.asarray(ids, dtype=np.int64)[self.order]
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        if self.lut is not None:
+            return np.take(self.lut, values)
+        if not self.n:
+            return np.zeros(values.shape, dtype=np.intp)
+        pos = np.searchsorted(self.sorted_ids, values)
+        pos_c = np.minimum(pos, self.n - 1)
+        hit = self.sorted_ids[pos_c] == values
+        return np.where(hit, self.order[pos_c], self.n).astype(np.intp)
 
 
 def _slabs(shape: tuple[int, int, int]):
@@ -196,16 +216,17 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
         raise ValueError(f"image {image.source} (shape {image.shape}) is not on the segmentation's grid "
                          f"{seg.source} (shape {seg.shape}); resample one onto the other first")
     if labels is None:
-        present = np.flatnonzero(np.bincount(arr.ravel(order="K").astype(np.intp))) if arr.size else []
+        present = np.unique(arr) if arr.size else []
         labels = {int(v): str(int(v)) for v in present if v != 0}
     labels = _check_labels(labels)
     ids = list(labels)
     shape = seg.shape
-    lut, n = _lookup(arr, ids)
+    compact = _Compact(arr, ids)
+    n = compact.n
 
     def lab_slabs():
         for k0, k1 in _slabs(shape):
-            yield (k0, k1), lut[arr[:, :, k0:k1].reshape(-1, order="F")]
+            yield (k0, k1), compact(arr[:, :, k0:k1].reshape(-1, order="F"))
 
     # Label × position histograms along each axis (Fortran order inside a slab: i fastest).
     I, J, K = shape

@@ -11,6 +11,9 @@ __all__ = ["render_recall_report", "recall_headline", "MAX_THUMBNAILS"]
 
 # Missed lesions shown with a picture (the table lists them all).
 MAX_THUMBNAILS = 60
+# Structures given a headline each (more get one table row each) and a recall-by-size plot.
+MAX_HEADLINES = 5
+MAX_SIZE_PLOTS = 8
 
 
 def _pct(v: float | None) -> str:
@@ -43,21 +46,36 @@ def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str
     thumbnails = thumbnails or {}
     names = summary.get("labels", {})
     body = []
-    for label, stats in summary.get("lesions", {}).items():
-        name = names.get(label, label)
-        extra = (f"; precision {_pct(stats['precision'])}, F1 {_pct(stats['f1'])}; "
-                 f"{stats['n_false_positive']} false-positive component(s) of {stats['n_pred']} predicted")
-        body.append(f'<div class="headline"><b>{esc(name)}</b> (label {esc(label)}): {esc(recall_headline(stats))}'
-                    f"{esc(extra)}</div>")
+    all_lesions = summary.get("lesions", {})
+    if len(all_lesions) <= MAX_HEADLINES:
+        for label, stats in all_lesions.items():
+            name = names.get(label, label)
+            extra = (f"; precision {_pct(stats['precision'])}, F1 {_pct(stats['f1'])}; "
+                     f"{stats['n_false_positive']} false-positive component(s) of {stats['n_pred']} predicted")
+            body.append(f'<div class="headline"><b>{esc(name)}</b> (label {esc(label)}): {esc(recall_headline(stats))}'
+                        f"{esc(extra)}</div>")
+    else:  # many structures (e.g. 117 organs): one table row each instead of a headline each
+        n_ref = sum(s["n_ref"] for s in all_lesions.values())
+        n_det = sum(s["n_detected"] for s in all_lesions.values())
+        body.append(f'<div class="headline">All structures: {esc(recall_headline({"n_ref": n_ref, "n_detected": n_det}))}</div>')
+        rows = []
+        for label, stats in all_lesions.items():
+            lo, hi = wilson_interval(stats["n_detected"], stats["n_ref"])
+            rows.append([names.get(label, label), label, _pct(stats["recall"]),
+                         f"{_pct(lo)}–{_pct(hi)}" if stats["n_ref"] else None,
+                         stats["n_detected"], stats["n_ref"], _pct(stats["precision"]), stats["n_false_positive"]])
+        body.append(table(["structure", "label", "recall", "95% CI", "detected", "reference components", "precision",
+                           "false positives"], rows, text_cols=(0, 1, 2, 3, 6)))
     body.append('<p class="meta">Reference: ' + esc(summary.get("reference", "")) + "<br>Prediction: "
                 + esc(summary.get("prediction", "")) + "<br>A reference lesion (26-connected component) is detected when "
                 f"predicted foreground covers at least {fmt(100 * summary.get('lesion_overlap', 0.1), 0)}% of its voxels; "
                 "a predicted component touching no reference lesion is a false positive. "
                 "Confidence intervals are Wilson score intervals treating lesions as independent.</p>")
-    for label, stats in summary.get("lesions", {}).items():
+    # Size plots for the structures with the most reference lesions.
+    plotted = sorted((lab for lab, st in all_lesions.items() if st["n_ref"]), key=lambda lab: -all_lesions[lab]["n_ref"])
+    for label in plotted[:MAX_SIZE_PLOTS]:
+        stats = all_lesions[label]
         name = names.get(label, label)
-        if not stats["n_ref"]:
-            continue
         rows = []
         for b in stats["by_size"]:
             lo, hi = wilson_interval(b["n_detected"], b["n_ref"])

@@ -56,13 +56,12 @@ def test_cli_evaluate_folders_writes_summary_csv_and_report(ms_eval_dirs, cli, t
     # The recall report in a real browser: not blank, the headline numbers present.
     html = (out / "report.html").read_text()
     assert "http://" not in html and "https://" not in html and "<script" not in html
-    dom = render_dom(out / "report.html", screenshot=tmp_path / "report.png")
+    dom = render_dom(out / "report.html")
     lo, hi = wilson_interval(total_det, total_ref)
     headline = (f"Lesion recall {100 * total_det / total_ref:.1f}% (95% CI {100 * lo:.1f}%–{100 * hi:.1f}%): "
                 f"{total_det} of {total_ref} reference lesions detected")
     assert headline in dom
     assert "Missed lesions (8)" in dom and dom.count("data:image/png;base64,") >= 1 + 8
-    assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
 def test_evaluate_rejects_mismatched_grid_and_missing_prediction(shared_data, cli, tmp_path):

@@ -151,3 +151,39 @@ def test_float_label_map_on_real_lps_grid(shared_data, tmp_path):
         if rec["voxels"]:
             idx = np.argwhere(seg.array == rec["label"]).mean(axis=0)
             np.testing.assert_allclose(rec["centroid_mm"], (seg.affine @ np.append(idx, 1))[:3], atol=1e-6)
+
+
+def test_huge_label_ids_need_no_huge_tables():
+    from medseg.measure.metrics import confusion_counts
+
+    seg = np.zeros((20, 20, 20), np.uint32)
+    seg[2:5, 2:5, 2:5] = 4_000_000_000  # instance-style ids: no 16 GiB lookup table
+    seg[10:12] = 7
+    report = compute_volumes(Volume(seg, np.eye(4)), labels={7: "slab", 4_000_000_000: "big", 5: "none"})
+    assert [report["structures"][k]["voxels"] for k in ("slab", "big", "none")] == [800, 27, 0]
+    assert report["structures"]["slab"]["touches_border"] and not report["structures"]["big"]["touches_border"]
+    counts = confusion_counts(seg, seg, [4_000_000_000, 7])
+    assert counts[4_000_000_000]["TP"] == 27 and counts[7]["FP"] == 0
+
+
+def test_find_volume_inputs_from_manifest_and_folder(tmp_path):
+    from medseg.errors import InputError
+    from medseg.measure.volumes import find_volume_inputs
+
+    for name in ("s1_seg.nii.gz", "s1.nii.gz", "s2_seg.nii.gz", "s2.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "m.csv").write_text("case_id,image,label,split\ns1,s1.nii.gz,s1_seg.nii.gz,test\n"
+                                    "s2,s2.nii.gz,s2_seg.nii.gz,train\ns3,s1.nii.gz,,test\n")
+    jobs = find_volume_inputs(tmp_path / "m.csv")
+    assert [(c, s.name, i.name) for c, s, i in jobs] == [("s1", "s1_seg.nii.gz", "s1.nii.gz"), ("s2", "s2_seg.nii.gz", "s2.nii.gz")]
+    assert [c for c, _, _ in find_volume_inputs(tmp_path / "m.csv", split="train")] == ["s2"]
+    (tmp_path / "bad.csv").write_text("case_id,image,label,split\ns1,s1.nii.gz,../../etc/passwd,test\n")
+    with pytest.raises(InputError, match="escapes"):
+        find_volume_inputs(tmp_path / "bad.csv")
+    segs = tmp_path / "segs"
+    segs.mkdir()
+    (segs / "a.nii.gz").write_bytes(b"")
+    assert find_volume_inputs(segs, tmp_path) == [("a", segs / "a.nii.gz", None)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no label maps"):
+        find_volume_inputs(tmp_path / "empty")
