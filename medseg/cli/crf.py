@@ -101,15 +101,15 @@ def crf(
             raise InputError(out, "output would overwrite an input; choose another name")
         if not str(out).lower().endswith((".nii", ".nii.gz")):
             raise InputError(out, "output must be a NIfTI file (.nii.gz or .nii)")
+    stage(f"reading {image}")
+    vol = read_volume(image)
+    probs = read_probabilities(probabilities, vol)
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, "--device cuda requested but no CUDA device is available")
-    stage(f"reading {image}")
-    vol = read_volume(image)
-    probs = read_probabilities(probabilities, vol)
     mod = guess_modality(vol.array) if modality == "auto" else modality.upper()
     overrides = {} if iterations is None else {"iterations": iterations}
     cfg = CRFConfig.for_modality(mod, **overrides)

@@ -49,3 +49,18 @@ def noisy_phantom() -> NoisyCase:
     probs = np.clip(blurred + rng.normal(0, 0.35, blurred.shape), 1e-3, None)
     probs = (probs / probs.sum(0)).astype(np.float32)
     return NoisyCase(study.image.array, label, probs, study.image.spacing, study.image.affine)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Run this area's tests on one torch thread (restored afterwards).
+
+    On a shared, oversubscribed CPU, two OpenMP threads that wait for each other run the CRF's
+    many short element-wise passes up to 20x slower than one thread (measured here).
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

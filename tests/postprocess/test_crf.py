@@ -91,9 +91,13 @@ def test_compatibility_matrix_equals_potts():
 
 def test_multichannel_image_and_grid_crf(noisy_phantom, dice):
     case = noisy_phantom
-    two = np.stack([case.image, case.image // 2])
-    out = dense_crf(two, case.probs, case.spacing, CRFConfig(intensity_sigma=[12.0, 6.0], iterations=2))
-    assert out.shape == case.probs.shape
+    crop = (slice(20, 50), slice(16, 46), slice(10, 34))
+    two = np.stack([case.image[crop], case.image[crop] // 2])
+    probs = case.probs[(slice(None),) + crop]
+    out = dense_crf(two, probs, case.spacing, CRFConfig(intensity_sigma=[30.0, 15.0], iterations=2))
+    assert out.shape == probs.shape
+    with pytest.raises(ValueError, match="at most 3 image channels"):
+        dense_crf(np.stack([case.image[crop]] * 4), probs, case.spacing, CRFConfig(intensity_sigma=[9.0] * 4))
     before = case.probs.argmax(0)
     for conn in (6, 26):
         g = grid_crf(case.image, case.probs, case.spacing, connectivity=conn, intensity_sigma=[12.0])
