@@ -36,7 +36,7 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
 from medseg.measure.lesions import DEFAULT_SIZE_BUCKETS_ML, LesionResult, match_lesions, summarize_lesions
 from medseg.measure.metrics import DEFAULT_NSD_TOLERANCE_MM, label_metrics, overlap_metrics
-from medseg.measure.volumes import csv_text
+from medseg.measure.volumes import csv_text, present_labels
 
 __all__ = ["CasePair", "CaseEvaluation", "match_cases", "evaluate_case", "summarize", "write_evaluation", "evaluate",
            "LESION_CSV_COLUMNS", "case_name", "lesion_rows"]
@@ -157,7 +157,7 @@ def evaluate_case(pair: CasePair, labels: Sequence[int] | None = None, *, lesion
     pred, ref, image = _read_pair(pair)
     p, r = np.asarray(pred.array), np.asarray(ref.array)
     if labels is None:
-        labels = sorted((set(np.unique(p).tolist()) | set(np.unique(r).tolist())) - {0})
+        labels = sorted((set(present_labels(p)) | set(present_labels(r))) - {0})
     labels = [int(v) for v in labels]
     metrics: dict[int, dict[str, Any]] = {}
     lesions: dict[int, LesionResult] = {}

@@ -37,7 +37,7 @@ from medseg.io.atomic import atomic_write_text
 from medseg.io.volume import Volume
 
 __all__ = ["compute_volumes", "write_volume_report", "volume_report_rows", "VOLUME_CSV_COLUMNS",
-           "json_ready", "csv_text", "find_volume_inputs"]
+           "json_ready", "csv_text", "find_volume_inputs", "present_labels"]
 
 # Voxels per slab (bounded temporary memory: a few int64 arrays of this size).
 _SLAB_VOXELS = 1 << 21
@@ -98,6 +98,19 @@ class _Compact:
         pos_c = np.minimum(pos, self.n - 1)
         hit = self.sorted_ids[pos_c] == values
         return np.where(hit, self.order[pos_c], self.n).astype(np.intp)
+
+
+def present_labels(arr: np.ndarray) -> list[int]:
+    """The distinct values of an integer label map, ascending (slab-wise bincount for 8/16-bit maps)."""
+    arr = np.asarray(arr)
+    if not arr.size:
+        return []
+    if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2 and arr.ndim == 3:
+        seen = np.zeros(1 << (8 * arr.dtype.itemsize), dtype=bool)
+        for k0, k1 in _slabs(arr.shape):
+            seen |= np.bincount(arr[:, :, k0:k1].ravel(order="K"), minlength=seen.size) > 0
+        return [int(v) for v in np.flatnonzero(seen)]
+    return [int(v) for v in np.unique(arr)]
 
 
 def _slabs(shape: tuple[int, int, int]):
@@ -216,8 +229,7 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
         raise ValueError(f"image {image.source} (shape {image.shape}) is not on the segmentation's grid "
                          f"{seg.source} (shape {seg.shape}); resample one onto the other first")
     if labels is None:
-        present = np.unique(arr) if arr.size else []
-        labels = {int(v): str(int(v)) for v in present if v != 0}
+        labels = {v: str(v) for v in present_labels(arr) if v != 0}
     labels = _check_labels(labels)
     ids = list(labels)
     shape = seg.shape

@@ -42,13 +42,6 @@ def render_dom(chromium, tmp_path):
     return render
 
 
-def sphere(shape, centre_vox, radius_mm, spacing) -> np.ndarray:
-    """Boolean ball of ``radius_mm`` around ``centre_vox`` (voxel coordinates) on a grid of ``spacing`` mm."""
-    grid = np.indices(shape, dtype=np.float64)
-    d2 = sum(((grid[a] - centre_vox[a]) * spacing[a]) ** 2 for a in range(3))
-    return d2 <= radius_mm ** 2
-
-
 @pytest.fixture(scope="session")
 def ms_eval_dirs(shared_data, tmp_path_factory):
     """Folders ``ref/``, ``pred/``, ``img/`` of the two real MS cases.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medseg.measure.metrics import case_metrics, confusion_counts, hd95, label_metrics, nsd, surface_distances
-from tests.measure.conftest import sphere
+from tests.measure.shapes import sphere
 
 
 @pytest.mark.parametrize("d_mm", [3.0, 6.0, 9.0])

@@ -134,6 +134,9 @@ def test_report_formats_and_cli_errors(shared_data, cli, tmp_path):
     proc = cli("volumes", ct / "example_ct_sm_seg.nii.gz", "--image", ct / "example_ct.nii.gz", "-o", tmp_path / "x.json")
     assert proc.returncode == 1 and not (tmp_path / "x.json").exists()
     assert proc.stderr.count("\n") == 1 and "example_ct.nii.gz" in proc.stderr and "grid" in proc.stderr
+    proc = cli("volumes", ct / "example_ct_sm_seg.nii.gz", "--probabilities", ct / "example_ct_sm.nii.gz",
+               "-o", tmp_path / "x.json")
+    assert proc.returncode == 1 and "example_ct_sm.nii.gz" in proc.stderr and "4D" in proc.stderr
     proc = cli("volumes", tmp_path / "missing.nii.gz", "-o", tmp_path / "x.json")
     assert proc.returncode == 1 and "missing.nii.gz" in proc.stderr and proc.stderr.count("\n") == 1
 
