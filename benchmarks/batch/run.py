@@ -138,7 +138,9 @@ def main() -> None:
     t = time.perf_counter()
     model = _model(work)
     train_s = time.perf_counter() - t
-    rows = []
+    results_path = HERE / "results.json"
+    previous = json.loads(results_path.read_text()).get("rows", []) if results_path.is_file() else []
+    rows = [r for r in previous if r["studies"] not in args.sizes]  # sizes not re-run this time are kept
     for n in args.sizes:
         manifest = _manifest(archive, n)
         pair = {}
@@ -157,7 +159,15 @@ def main() -> None:
                      "flow_studies_per_min": 60 * n / pair["flow"]["seconds"],
                      "flow_overhead": pair["flow"]["seconds"] / pair["loop"]["seconds"] - 1,
                      "loop_peak_rss_mb": pair["loop"]["peak_rss_mb"], "flow_peak_rss_mb": pair["flow"]["peak_rss_mb"],
-                     "prefect_startup_seconds": pair["flow"]["startup_seconds"]})
+                     "prefect_startup_seconds": pair["flow"]["startup_seconds"],
+                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "load_average": os.getloadavg()[0]})
+        rows.sort(key=lambda r: r["studies"])
+        _write_results(results_path, args, gen_s, train_s, rows)  # after every size: partial runs survive
+    print(json.dumps(rows, indent=2))
+
+
+def _write_results(path: Path, args, gen_s: float, train_s: float, rows: list[dict]) -> None:
     results = {
         "benchmark": "batch: segment-archive Prefect flow vs plain Python loop over medseg.batch",
         "study_shape": args.shape, "study_spacing_mm": args.spacing,
@@ -165,11 +175,9 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "note": "shared machine (up to 8 engineers running at once): timings are noisy; "
                             "the side-by-side ratio of one run is what counts"},
-        "load_average_at_end": os.getloadavg(),
         "rows": rows,
     }
-    (HERE / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(rows, indent=2))
+    path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
