@@ -487,9 +487,9 @@ def process_study(plan: StudyPlan, predictor, out_dir: str | Path, options: Batc
     stage = "ingest"
     result = StudyResult(study.study_id, study.source, "done", pid=os.getpid())
     try:
+        images = _read_study(study)  # a missing or corrupt source is an InputError (no retry)
         if not plan.content_hash:
             plan.content_hash = content_hash(study.sources)
-        images = _read_study(study)
         image = images[0]
         stage = "segment"
         prediction = _segment(images, predictor, options)

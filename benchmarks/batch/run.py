@@ -10,7 +10,9 @@ fresh process with a fresh output folder and reports:
 - peak resident memory of the process (``ru_maxrss``): it must stay flat as the archive grows
   (studies are streamed one at a time, nothing is kept per study but a small record).
 
-The flow's overhead is ``flow time / loop time - 1`` at each size (target <= 10%).
+The flow's overhead is ``flow time / loop time - 1`` at each size (target <= 10%), from the best
+of ``--repeats`` runs of each mode (the runs alternate which mode goes first; the median is
+reported too): the machine is shared, and the least disturbed run is the fairest comparison.
 
     python benchmarks/batch/run.py [--sizes 50 100 200] [--shape 48 48 32]
 
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 32])
     parser.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 4.5])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode and size (best and median kept)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/medseg_bench_batch"))
     parser.add_argument("--child", nargs=4, metavar=("MODE", "ARCHIVE", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,23 +147,32 @@ def main() -> None:
     rows = [r for r in previous if r["studies"] not in args.sizes]  # sizes not re-run this time are kept
     for n in args.sizes:
         manifest = _manifest(archive, n)
-        pair = {}
-        for mode in ("loop", "flow"):
-            out = work / f"out_{mode}_{n}"
-            shutil.rmtree(out, ignore_errors=True)
-            res = _run(mode, manifest, model, out)
-            if res["processed"] != n:
-                raise RuntimeError(f"{mode} processed {res['processed']} of {n} studies")
-            pair[mode] = res
-            print(f"n={n:4d} {mode:5s} {res['seconds']:7.1f} s  {60 * n / res['seconds']:6.1f} studies/min  "
-                  f"peak {res['peak_rss_mb']:.0f} MB", flush=True)
-        rows.append({"studies": n,
-                     "loop_seconds": pair["loop"]["seconds"], "flow_seconds": pair["flow"]["seconds"],
-                     "loop_studies_per_min": 60 * n / pair["loop"]["seconds"],
-                     "flow_studies_per_min": 60 * n / pair["flow"]["seconds"],
-                     "flow_overhead": pair["flow"]["seconds"] / pair["loop"]["seconds"] - 1,
-                     "loop_peak_rss_mb": pair["loop"]["peak_rss_mb"], "flow_peak_rss_mb": pair["flow"]["peak_rss_mb"],
-                     "prefect_startup_seconds": pair["flow"]["startup_seconds"],
+        runs: dict[str, list[dict]] = {"loop": [], "flow": []}
+        for rep in range(args.repeats):
+            # alternate which mode goes first, so that a change of load on the shared machine
+            # does not always fall on the same side
+            for mode in (("loop", "flow") if rep % 2 == 0 else ("flow", "loop")):
+                out = work / f"out_{mode}_{n}"
+                shutil.rmtree(out, ignore_errors=True)
+                res = _run(mode, manifest, model, out)
+                if res["processed"] != n:
+                    raise RuntimeError(f"{mode} processed {res['processed']} of {n} studies")
+                runs[mode].append(res)
+                print(f"n={n:4d} {mode:5s} run {rep + 1}: {res['seconds']:7.1f} s  {60 * n / res['seconds']:7.1f} "
+                      f"studies/min  peak {res['peak_rss_mb']:.0f} MB", flush=True)
+        best = {m: min(r["seconds"] for r in runs[m]) for m in runs}
+        med = {m: statistics.median(r["seconds"] for r in runs[m]) for m in runs}
+        rows.append({"studies": n, "repeats": args.repeats,
+                     "loop_seconds_best": best["loop"], "flow_seconds_best": best["flow"],
+                     "loop_seconds_median": med["loop"], "flow_seconds_median": med["flow"],
+                     "loop_seconds_all": [r["seconds"] for r in runs["loop"]],
+                     "flow_seconds_all": [r["seconds"] for r in runs["flow"]],
+                     "loop_studies_per_min": 60 * n / best["loop"], "flow_studies_per_min": 60 * n / best["flow"],
+                     "flow_overhead_best": best["flow"] / best["loop"] - 1,
+                     "flow_overhead_median": med["flow"] / med["loop"] - 1,
+                     "loop_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["loop"]),
+                     "flow_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["flow"]),
+                     "prefect_startup_seconds": statistics.median(r["startup_seconds"] for r in runs["flow"]),
                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "load_average": os.getloadavg()[0]})
         rows.sort(key=lambda r: r["studies"])
