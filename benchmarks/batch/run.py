@@ -64,12 +64,24 @@ def _child(mode: str, archive: str, model: str, out: str) -> None:
         from medseg.batch import BatchOptions, run_batch
         from medseg.inference import Predictor
 
+        from concurrent.futures import ThreadPoolExecutor
+
+        def loop() -> dict:
+            predictor = Predictor.from_model_dir(model)
+            return run_batch(archive, predictor, out, BatchOptions(), model_dir=model)
+
+        # The flow runs its tasks in one worker thread (ThreadPoolTaskRunner(max_workers=1)); the
+        # loop does too, so that both compute alike (torch's CPU kernels run at a different speed
+        # in the main thread than in a worker thread on this machine: see README.md).
         t = time.perf_counter()
-        predictor = Predictor.from_model_dir(model)
-        record = run_batch(archive, predictor, out, BatchOptions(), model_dir=model)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            record = pool.submit(loop).result()
         elapsed = time.perf_counter() - t
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "seconds": elapsed, "startup_seconds": startup, "peak_rss_mb": peak_mb,
+    # time spent inside the studies' own work (process_study, as recorded in each state file)
+    study_s = sum(json.loads(p.read_text())["seconds"] for p in Path(out, "state").glob("*.json"))
+    print(json.dumps({"mode": mode, "seconds": elapsed, "study_seconds": study_s, "startup_seconds": startup,
+                      "peak_rss_mb": peak_mb,
                       "processed": len(record["processed"]), "failed": len(record["failed"])}))
 
 
@@ -159,10 +171,17 @@ def main() -> None:
                     raise RuntimeError(f"{mode} processed {res['processed']} of {n} studies")
                 runs[mode].append(res)
                 print(f"n={n:4d} {mode:5s} run {rep + 1}: {res['seconds']:7.1f} s  {60 * n / res['seconds']:7.1f} "
-                      f"studies/min  peak {res['peak_rss_mb']:.0f} MB", flush=True)
+                      f"studies/min  in studies {res['study_seconds']:7.1f} s  peak {res['peak_rss_mb']:.0f} MB",
+                      flush=True)
         best = {m: min(r["seconds"] for r in runs[m]) for m in runs}
         med = {m: statistics.median(r["seconds"] for r in runs[m]) for m in runs}
+        outside = {m: min(r["seconds"] - r["study_seconds"] for r in runs[m]) for m in runs}
         rows.append({"studies": n, "repeats": args.repeats,
+                     "loop_outside_studies_seconds_best": outside["loop"],
+                     "flow_outside_studies_seconds_best": outside["flow"],
+                     "flow_orchestration_seconds_per_study": (outside["flow"] - outside["loop"]) / n,
+                     "study_seconds_median_per_study": {m: statistics.median(r["study_seconds"] for r in runs[m]) / n
+                                                        for m in runs},
                      "loop_seconds_best": best["loop"], "flow_seconds_best": best["flow"],
                      "loop_seconds_median": med["loop"], "flow_seconds_median": med["flow"],
                      "loop_seconds_all": [r["seconds"] for r in runs["loop"]],
