@@ -16,13 +16,13 @@ def tiny_study(seed: int):
     return make_phantom(seed, shape=TINY_SHAPE, spacing=TINY_SPACING, n_tumours=1)
 
 
-def write_tiny_archive(root: Path, n: int, *, seed: int = 100, labels: bool = False) -> list[str]:
+def write_tiny_archive(root: Path, n: int, *, seed: int = 100, labels: bool = False, prefix: str = "study") -> list[str]:
     """``n`` tiny phantom NIfTI studies ``root/study_XX.nii.gz`` (+ ``root/labels/``); returns ids."""
     root.mkdir(parents=True, exist_ok=True)
     ids = []
     for i in range(n):
         s = tiny_study(seed + i)
-        sid = f"study_{i:02d}"
+        sid = f"{prefix}_{i:02d}"
         write_volume(s.image, root / f"{sid}.nii.gz")
         if labels:
             write_volume(s.label, root / "labels" / f"{sid}.nii.gz")

@@ -13,7 +13,7 @@ def test_batch_on_two_dask_workers(prefect_harness, tmp_path, tiny_model):
     import flows.segment_archive as fsa
 
     archive = tmp_path / "archive"
-    ids = write_tiny_archive(archive, 4, seed=300)
+    ids = write_tiny_archive(archive, 4, seed=300, prefix="dask")  # task run names unique in the session
     out = tmp_path / "out"
     record = fsa.segment_archive(str(archive), str(tiny_model), str(out), workers=2)
     assert record["processed"] == ids and record["failed"] == []
