@@ -84,8 +84,17 @@ class SlabResampler:
         b = a + slab.shape[-1]
         if b > self.in_shape[2]:
             raise ValueError(f"slabs cover Z up to {b}, beyond the input depth {self.in_shape[2]}")
-        held = slab if self._held is None else np.concatenate([self._held, slab], axis=-1)
-        held_lo = a if self._held is None else self._held_lo
+        held, held_lo = self._held, self._held_lo
+
+        def sources(lo: int, hi: int) -> np.ndarray:
+            """Input slices [lo, hi) from the held ones and this slab (copies only that range)."""
+            parts = []
+            if held is not None and lo < a:
+                parts.append(held[..., lo - held_lo:min(hi, a) - held_lo])
+            if hi > a:
+                parts.append(slab[..., max(lo, a) - a:hi - a])
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
         self._next_in = b
         last = b == self.in_shape[2]
         while self._next_out < self.out_shape[2]:
@@ -98,16 +107,14 @@ class SlabResampler:
             stop = start + int(ready[-1]) + 1 if not last else stop
             i0, i1, w1 = self.i0[start:stop], self.i1[start:stop], self.w1[start:stop]
             src_lo, src_hi = int(i0.min()), int(i1.max()) + 1
-            resized = self._resize_plane(held[..., src_lo - held_lo:src_hi - held_lo])
-            lo_rows = resized[..., i0 - src_lo]
-            hi_rows = resized[..., i1 - src_lo]
-            out = lo_rows * (1.0 - w1) + hi_rows * w1
+            resized = self._resize_plane(sources(src_lo, src_hi))
+            out = resized[..., i0 - src_lo] * (1.0 - w1)
+            out += resized[..., i1 - src_lo] * w1
             self._next_out = stop
             yield start, out.astype(np.float32, copy=False)
         if self._next_out < self.out_shape[2]:
-            need_from = int(self.i0[self._next_out])
-            keep_from = max(need_from, held_lo)
-            self._held = held[..., keep_from - held_lo:].copy() if keep_from < b else None
+            keep_from = int(self.i0[self._next_out])
+            self._held = sources(keep_from, b).copy() if keep_from < b else None
             self._held_lo = keep_from
         else:
             self._held = None

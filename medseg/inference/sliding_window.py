@@ -61,7 +61,7 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
 
 def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_classes: int,
                            patch_size: Sequence[int], *, overlap: float = 0.25, window_batch: int = 2,
-                           importance: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                           importance: np.ndarray | None = None, max_slab: int = 16) -> Iterator[tuple[int, np.ndarray]]:
     """Run ``window_fn`` over sliding windows of ``image`` and yield blended probabilities by slab.
 
     Args:
@@ -75,6 +75,7 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
         window_batch: windows per call of ``window_fn`` (at least; all windows with the same
             start along ``Z`` are batched together, then grouped further up to this count).
         importance: the weights ``window_fn`` applied (:func:`gaussian_importance` by default).
+        max_slab: most ``Z`` slices per yielded slab (bounds the copies made for the consumer).
 
     Yields:
         ``(z0, slab)``: ``slab`` ``(K, X, Y, dz)`` float32 weighted means for ``Z`` indices
@@ -134,8 +135,9 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
         nxt = groups[gi + 1][0] if gi + 1 < len(groups) else padded[2]
         # [lo, nxt) is final: no later window starts before nxt
         a, b = max(lo, z_lo_valid), min(nxt, z_hi_valid)
-        if b > a:
-            yield a - z_lo_valid, acc[:, cx, cy, a - lo:b - lo] / wsum[None, cx, cy, a - lo:b - lo]
+        for s0 in range(a, b, max_slab):  # in slabs of at most max_slab slices: small copies
+            s1 = min(b, s0 + max_slab)
+            yield s0 - z_lo_valid, acc[:, cx, cy, s0 - lo:s1 - lo] / wsum[None, cx, cy, s0 - lo:s1 - lo]
         n = nxt - lo
         carried = max(0, group[-1] + pz - nxt)  # Z slices [nxt, end of this group) already summed
         for j in range(carried):  # front to back: a slice never overwrites one still to be moved
