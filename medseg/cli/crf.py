@@ -115,7 +115,13 @@ def crf(
     cfg = CRFConfig.for_modality(mod, **overrides)
     stage(f"dense CRF ({mod}, {cfg.iterations} iterations, {probs.shape[3]} classes, {vol.shape})")
     k = probs.shape[3]
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    import os
+
+    try:  # on a busy machine, spinning OpenMP threads slow everyone down (one thread is faster)
+        if os.getloadavg()[0] > (os.cpu_count() or 1):
+            torch.set_num_threads(1)
+    except OSError:
+        pass
     refined = dense_crf(vol.array, np.moveaxis(probs, -1, 0), vol.spacing, cfg, device=device)
     labels = refined.argmax(axis=0).astype(np.uint8 if k <= 256 else np.uint16)
     stage(f"writing {output}")

@@ -7,9 +7,11 @@ The model (Krähenbühl & Koltun, NIPS 2011; 3D as in Kamnitsas et al., MedIA 20
     k_s(i, j) = exp(−|p_i − p_j|² / 2σ_s²)                (smoothness; positions p in mm)
     k_b(i, j) = exp(−|p_i − p_j|² / 2σ_b² − Σ_c (I_ic − I_jc)² / 2σ_Ic²)   (appearance)
 
-Mean field: ``Q ← softmax(−U − μ·Σ_m w_m K̃_m Q)`` with the kernels symmetrically normalised
-(``K̃ = D^-1/2 K D^-1/2``, ``D = diag(K 1)``, as in the reference implementation), so the weights
-are comparable with the log-probabilities whatever σ is. Potts compatibility ``μ = 1 − I``.
+Mean field: ``Q ← softmax(−U − μ·Σ_m w_m K̃_m Q)`` with normalised kernels, so that the
+weights are comparable with the log-probabilities whatever σ is: the appearance kernel
+symmetrically (``K̃ = D^-1/2 K D^-1/2``, ``D = diag(K 1)``, as in the reference implementation),
+the smoothness kernel by rows in :func:`dense_crf` (``D^-1 K``: identical away from the volume's
+border, one pass cheaper) and symmetrically in CRF-as-RNN. Potts compatibility ``μ = 1 − I``.
 
 Each iteration filters the ``K`` probability maps with the two kernels at a cost linear in the
 number of voxels (:mod:`medseg.postprocess.filters`: pooled Gaussian and a bilateral grid); with
@@ -181,8 +183,12 @@ def _prepare_features(img: np.ndarray, cfg: CRFConfig) -> tuple[np.ndarray, list
 
 
 def crf_filters(image: np.ndarray, shape: tuple[int, int, int], spacing_mm: Sequence[float], cfg: CRFConfig,
-                device="cpu", dtype=None):
-    """Build the (spatial, bilateral) filters of ``cfg`` for an image on a grid of ``shape``."""
+                device="cpu", dtype=None, symmetric: bool = True):
+    """Build the (spatial, bilateral) filters of ``cfg`` for an image on a grid of ``shape``.
+
+    ``symmetric=False`` (inference only) splats into the nearest intensity bin: faster, not
+    usable for gradients.
+    """
     import torch
 
     from medseg.postprocess.filters import BilateralGridFilter, GaussianFilter
@@ -193,7 +199,8 @@ def crf_filters(image: np.ndarray, shape: tuple[int, int, int], spacing_mm: Sequ
     feats, isig = _prepare_features(img, cfg)
     spatial = GaussianFilter(shape, [cfg.spatial_sigma_mm / s for s in sp], device=device, dtype=dtype)
     bilateral = BilateralGridFilter(torch.from_numpy(feats), [cfg.bilateral_sigma_mm / s for s in sp], isig,
-                                    device=device, dtype=dtype, cells_per_sigma=cfg.grid_cells_per_sigma)
+                                    device=device, dtype=dtype, cells_per_sigma=cfg.grid_cells_per_sigma,
+                                    symmetric=symmetric)
     return spatial, bilateral
 
 
@@ -269,7 +276,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
     if cfg.method == "naive":
         spatial, bilateral = _naive_filters(image, shape, spacing_mm, cfg, dev, dtype)
     else:
-        spatial, bilateral = crf_filters(image, shape, spacing_mm, cfg, dev, dtype)
+        spatial, bilateral = crf_filters(image, shape, spacing_mm, cfg, dev, dtype, symmetric=False)
     mu = _compat_matrix(cfg, k)
     n = int(np.prod(shape))
 
@@ -281,37 +288,80 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float],
     if not torch.isfinite(logp).all():
         raise ValueError("probs contain NaN or Inf")
     logp.clamp_(min=1e-8).log_()
-    q = torch.softmax(logp, dim=0)
+    q = logp.clone()
+    _softmax_rows_(q)
     if cfg.iterations == 0:
         return q.reshape((k,) + shape).cpu().numpy()
-    kernels = [(spatial, float(cfg.spatial_weight)), (bilateral, float(cfg.bilateral_weight))]
-    kernels = [(f, w) for f, w in kernels if w != 0.0]
-    potts_ones = {}
+    from medseg.postprocess.filters import GaussianFilter
+
+    ws, wb = float(cfg.spatial_weight), float(cfg.bilateral_weight)
+    mu_t = None if mu is None else torch.from_numpy(mu).to(dev)
+    ones = torch.ones(shape, dtype=dtype, device=dev)
+    potts_ones = None
     if mu is None:
         # Σ_l K̃ Q_l = K̃ 1: the last class's message follows from the others
-        for f, w in kernels:
-            potts_ones[id(f)] = f(torch.ones(shape, dtype=dtype, device=dev)).reshape(-1)
-    mu_t = None if mu is None else torch.from_numpy(mu).to(dev)
+        # (row-normalised smoothness kernel: K 1 / K 1 = 1)
+        s_ones = 1.0 if isinstance(spatial, GaussianFilter) else spatial(ones)
+        potts_ones = (ws * s_ones + wb * bilateral(ones)).reshape(-1)
+        del s_ones, ones
+
+    # the smoothness kernel is row-normalised here (out = K q / K 1: one multiply-add per class);
+    # it equals the symmetric normalisation except within ~2σ of the volume's border
+    sinv = spatial.inv_count.reshape(-1) if isinstance(spatial, GaussianFilter) else None
+
+    def message(qc: torch.Tensor) -> torch.Tensor:
+        """w_s K̃_s q + w_b K̃_b q for one class, one fresh (N,) tensor."""
+        if wb != 0.0:
+            msg = bilateral(qc.reshape(shape)).reshape(-1)
+            if wb != 1.0:
+                msg.mul_(wb)
+        else:
+            msg = torch.zeros(n, dtype=dtype, device=dev)
+        if ws != 0.0:
+            if sinv is not None:
+                raw = spatial._raw(qc.reshape(shape)).reshape(-1)
+                msg.addcmul_(raw, sinv, value=ws)
+            else:
+                msg.add_(spatial(qc.reshape(shape)).reshape(-1), alpha=ws)
+        return msg
+
     acc = torch.empty_like(logp)
     for _ in range(cfg.iterations):
         acc.copy_(logp)
         if mu is None:
-            for f, w in kernels:
-                rest = potts_ones[id(f)].clone()
-                for c in range(k - 1):
-                    m = f(q[c].reshape(shape)).reshape(-1)
-                    acc[c].add_(m, alpha=w)
-                    rest.sub_(m)
-                acc[k - 1].add_(rest, alpha=w)
+            acc[k - 1].add_(potts_ones)
+            for c in range(k - 1):
+                m = message(q[c])
+                acc[c].add_(m)
+                acc[k - 1].sub_(m)
+                del m
         else:
-            msg = torch.zeros_like(logp)
-            for f, w in kernels:
-                for c in range(k):
-                    msg[c].add_(f(q[c].reshape(shape)).reshape(-1), alpha=w)
+            msg = torch.empty_like(logp)
+            for c in range(k):
+                msg[c] = message(q[c])
             acc.sub_(mu_t @ msg)
             del msg
-        q = torch.softmax(acc, dim=0)
+        _softmax_rows_(acc, shift=mu is not None or ws + wb > 50.0)
+        q, acc = acc, q
     return q.reshape((k,) + shape).cpu().numpy()
+
+
+def _softmax_rows_(x, shift: bool = True) -> None:
+    """In-place softmax over the first axis of a ``(K, N)`` tensor (row-wise passes, no strided reduction).
+
+    ``shift=False`` skips subtracting the maximum: safe when the values are bounded well inside
+    float32's exp range (Potts: log-probabilities ≥ log 1e-8 plus messages ≤ w_s + w_b).
+    """
+    import torch
+
+    if shift:
+        m = x[0].clone()
+        for c in range(1, x.shape[0]):
+            torch.maximum(m, x[c], out=m)
+        x.sub_(m)
+    x.exp_()
+    total = x.sum(0)
+    x.div_(total)
 
 
 _OFFSETS_6 = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]

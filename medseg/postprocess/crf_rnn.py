@@ -87,14 +87,17 @@ class CRFasRNN(nn.Module):
         if self.cfg.iterations == 0:
             return logits
         sp = self.spacing_mm if spatial_dims == 3 else self.spacing_mm + (1e6,)
+        # mixed precision stops here: the mean field runs in float32 (float64 stays float64)
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         outs = []
-        for b in range(logits.shape[0]):
-            z = logits[b]
-            img = image[b]
-            if spatial_dims == 2:
-                z = z.unsqueeze(-1)
-                img = img.unsqueeze(-1)
-            outs.append(self._mean_field(z, img, sp).reshape(logits.shape[1:]))
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            for b in range(logits.shape[0]):
+                z = logits[b].to(dtype)
+                img = image[b]
+                if spatial_dims == 2:
+                    z = z.unsqueeze(-1)
+                    img = img.unsqueeze(-1)
+                outs.append(self._mean_field(z, img, sp).reshape(logits.shape[1:]))
         return torch.stack(outs)
 
     def _mean_field(self, z: torch.Tensor, img: torch.Tensor, sp) -> torch.Tensor:

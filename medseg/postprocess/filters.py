@@ -16,7 +16,8 @@ position (mm) or over position and intensity, at a cost linear in the number of 
   between the two nearest intensity bins (bins of σ_I) of every channel; the grid is blurred with
   a separable Gaussian; each voxel reads back from the same cells with the same weights. Splat
   and slice use the same sparse matrix, so the operator is symmetric (its own adjoint, which
-  CRF-as-RNN's backward pass relies on). The blur widths are reduced by the variance the
+  CRF-as-RNN's backward pass relies on). For inference (``symmetric=False``) each voxel is
+  splatted into its nearest bin only, which halves the splatting. The blur widths are reduced by the variance the
   quantisation adds (1/12 cell² per nearest-cell splat or slice, 1/6 bin² per linear one), so
   the effective kernel keeps the requested σ. Runs of empty intensity bins longer than the blur
   reach are squeezed out (exactly: such bins never exchange mass), so CT's wide HU range costs
@@ -121,8 +122,10 @@ class GaussianFilter:
         self.device = torch.device(device)
         self.dtype = dtype
         ones = torch.ones(self.shape, device=self.device, dtype=dtype)
-        norm = self._raw(ones)
-        self.norm = torch.rsqrt(norm.clamp_min(1e-20))
+        norm = self._raw(ones).clamp_min(1e-20)
+        self.norm = torch.rsqrt(norm)
+        #: 1 / (K 1): row normalisation, equal to the symmetric one away from the borders
+        self.inv_count = torch.reciprocal(norm)
 
     def _raw(self, q: torch.Tensor) -> torch.Tensor:
         """Unnormalised filter of ``(..., X, Y, Z)``."""
@@ -160,13 +163,16 @@ class BilateralGridFilter:
         device, dtype: where and in what precision fields are filtered.
         cells_per_sigma: spatial grid cells per σ (the grid's resolution; 1 = cells of σ voxels).
         max_channels: at most this many channels (2^Ci grid corners per voxel).
+        symmetric: splat linearly in intensity like the slice (the operator is its own adjoint,
+            needed for :meth:`differentiable`); ``False`` splats each voxel into its nearest
+            intensity bin only (half the splatting work, same kernel variance; for inference).
 
     Memory: per voxel ``2^Ci`` int32 indices and float weights, plus the grid.
     """
 
     def __init__(self, features: torch.Tensor, sigma_vox: Sequence[float], intensity_sigma: Sequence[float],
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 cells_per_sigma: float = 1.0, max_channels: int = 3):
+                 cells_per_sigma: float = 1.0, max_channels: int = 3, symmetric: bool = True):
         if features.ndim != 4:
             raise ValueError(f"features must be (Ci, X, Y, Z), got shape {tuple(features.shape)}")
         ci = int(features.shape[0])
@@ -198,7 +204,8 @@ class BilateralGridFilter:
         cell_ids = cell_ids.expand(self.shape).reshape(-1)
 
         # intensity bins per channel: linear (hat) splat/slice between floor and floor+1
-        bin_sigma = math.sqrt(1.0 - 2.0 / 6.0)
+        self.symmetric = symmetric
+        bin_sigma = math.sqrt(1.0 - (2.0 / 6.0 if symmetric else 1.0 / 6.0 + 1.0 / 12.0))
         itaps = gaussian_taps(bin_sigma)
         reach = len(itaps) - 1
         corners_lo: list[torch.Tensor] = []
@@ -249,15 +256,30 @@ class BilateralGridFilter:
         del corners_lo, fracs, cell_ids
         self.keys = keys
         self.weights = weights
+        if symmetric:
+            self.splat_keys, self.splat_weights = self.keys, self.weights
+        else:
+            # nearest intensity corner: the corner whose hat weight is largest
+            if ci == 1:
+                key = torch.where(weights[1] > weights[0], keys[1], keys[0])
+            else:
+                best = torch.stack(weights).argmax(0)
+                key = keys[0].clone()
+                for corner in range(1, 2**ci):
+                    sel = best == corner
+                    key[sel] = keys[corner][sel]
+            self.splat_keys = [key]
+            self.splat_weights = [torch.ones(n_vox, dtype=dtype, device=self.device)]
         ones = torch.ones(n_vox, dtype=dtype, device=self.device)
         norm = self._raw(ones)
         nrm = torch.rsqrt(norm.clamp_min(1e-20))
         # fold the symmetric normalisation into the splat/slice weights
         self.weights = [w * nrm for w in weights]
+        self.splat_weights = self.weights if symmetric else [w * nrm for w in self.splat_weights]
 
     def _splat(self, q: torch.Tensor) -> torch.Tensor:
         grid = None
-        for key, w in zip(self.keys, self.weights):
+        for key, w in zip(self.splat_keys, self.splat_weights):
             part = torch.bincount(key, weights=q * w, minlength=self.grid_size)
             grid = part if grid is None else grid.add_(part)
         return grid
@@ -299,6 +321,8 @@ class _SymmetricFilterFn(torch.autograd.Function):
 
 def _differentiable(self: BilateralGridFilter, q: torch.Tensor) -> torch.Tensor:
     """Like calling the filter, but differentiable with respect to ``q`` (shape ``(N,)`` or ``(X, Y, Z)``)."""
+    if not self.symmetric:
+        raise ValueError("differentiable() needs a filter built with symmetric=True")
     shape = q.shape
     return _SymmetricFilterFn.apply(q.reshape(-1), self).reshape(shape)
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medseg.errors import InputError
 from medseg.losses import LossName
 from medseg.preprocess.augment import AugmentConfig, SamplingConfig
+from medseg.postprocess.crf import CRFConfig
 from medseg.preprocess.config import PreprocessConfig
 
 __all__ = ["ModelConfig", "LossConfig", "OptimiserConfig", "ScheduleConfig", "ValidationConfig", "DataConfig",
@@ -174,6 +175,10 @@ class TrainConfig(_Strict):
     autocast: Literal["auto", "none", "bf16", "fp16"] = "auto"
     checkpoint_every_steps: int = Field(50, ge=1)
     num_threads: int | Literal["auto"] = "auto"
+    crf_rnn: CRFConfig | None = Field(
+        None, description="wrap the model with a trainable CRF-as-RNN layer (medseg.postprocess.CRFasRNN): "
+        "kernel widths in mm of the preprocessed grid, intensity_sigma in the network input's units "
+        "(null: estimated per patch). model.pt keeps the plain network; the learned CRF weights go to crf_rnn.json")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -253,8 +253,35 @@ def _build_optimiser(cfg: TrainConfig, model):
                            weight_decay=o.weight_decay)
 
 
+def _wrap_crf_rnn(model, config: TrainConfig, pre):
+    """``config.crf_rnn`` set: the network followed by a trainable CRF-as-RNN layer (input = image)."""
+    from medseg.postprocess.crf_rnn import wrap_with_crf_rnn
+
+    spacing = tuple(pre.target_spacing) if pre.target_spacing is not None else (1.0, 1.0, 1.0)
+    if config.model.spatial_dims == 2:
+        spacing = tuple(s for axis, s in enumerate(spacing) if axis != config.data.slice_axis)
+    return wrap_with_crf_rnn(model, config.num_classes, spacing, config.crf_rnn)
+
+
+def _split_crf_rnn_weights(weights: dict) -> tuple[dict, dict | None]:
+    """Separate a CRF-wrapped state dict into the plain network's weights and the CRF's parameters."""
+    if not any(k.startswith("crf.") for k in weights):
+        return weights, None
+    net = {k[len("net."):]: v for k, v in weights.items() if k.startswith("net.")}
+    crf = {k[len("crf."):]: v for k, v in weights.items() if k.startswith("crf.")}
+    return net, {k: v.tolist() for k, v in crf.items()}
+
+
 def _write_model_dir(out_dir: Path, cfg: TrainConfig, pre, weights: dict, log_rows: list[dict], summary: dict) -> None:
     import torch
+
+    weights, crf_params = _split_crf_rnn_weights(weights)
+    if crf_params is not None:
+        # the learned CRF, in the terms of medseg.postprocess.CRFConfig (usable with dense_crf)
+        learned = {"spatial_weight": crf_params["spatial_weight"], "bilateral_weight": crf_params["bilateral_weight"],
+                   "compatibility": crf_params["compatibility"]}
+        atomic_write_text(out_dir / "crf_rnn.json", json.dumps(
+            {"config": json.loads(cfg.crf_rnn.model_dump_json()), "learned": learned}, indent=2))
 
     from medseg.plans import WEIGHTS_FILE, InferenceDefaults, ModelPlans, ModelSpec, save_plans
 
@@ -373,7 +400,10 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
     model = create_model(config.model.name, config.model.spatial_dims, len(config.data.channels), config.num_classes,
-                         **config.model.options).to(dev)
+                         **config.model.options)
+    if config.crf_rnn is not None:
+        model = _wrap_crf_rnn(model, config, pre)
+    model = model.to(dev)
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(dev)
     optimiser = _build_optimiser(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, make_lr_lambda(config))

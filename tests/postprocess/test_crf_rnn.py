@@ -58,7 +58,7 @@ def test_end_to_end_training_with_unet_and_crf_rnn():
         loss = torch.nn.functional.cross_entropy(model(image), target)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] * 0.8, losses
     assert float(model.crf.bilateral_weight.detach()) != w0  # the CRF's weights learn too
     assert model.crf.compatibility.grad is not None
