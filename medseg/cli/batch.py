@@ -1,0 +1,126 @@
+"""``medseg batch`` (segment an archive once) and ``medseg schedule`` (serve it on a cron schedule)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import app, handle_errors, stage
+
+__all__ = ["batch_command", "schedule_command", "run_batch_flow"]
+
+
+def _prefect_env() -> None:
+    """Prefect defaults for a command line run: no analytics, patience with a busy machine."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _check_inputs(archive: Path, model: Path) -> None:
+    from medseg.errors import InputError
+    from medseg.plans import load_plans
+
+    if not archive.exists():
+        raise InputError(archive, "archive does not exist (expected a folder of scans or a manifest CSV)")
+    load_plans(model)  # InputError when it is not a model directory
+
+
+def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, components: bool = False,
+                   tta: bool = False, device: str = "auto", dask_address: str | None = None,
+                   workers: int = 0) -> dict:
+    """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one)."""
+    from flows.segment_archive import segment_archive
+    from medseg.batch import DEFAULT_COMPONENTS
+
+    return segment_archive(archive=str(archive.resolve()), model_dir=str(model.resolve()),
+                           out_dir=str(out.resolve()), crf=crf, components=DEFAULT_COMPONENTS if components else None,
+                           tta=tta, device=device,
+                           dask_address=dask_address, workers=workers)
+
+
+def _print_record(record: dict, out: Path) -> None:
+    typer.echo(f"studies: {record['n_studies']}  processed: {len(record['processed'])}  "
+               f"failed: {len(record['failed'])}  skipped (already done): {len(record['skipped'])}")
+    if record.get("failures_total"):
+        typer.echo(f"failures ({record['failures_total']}): {out / 'failures.csv'}")
+    for name, path in record.get("reports", {}).items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command("batch")
+@handle_errors
+def batch_command(
+    archive: Path = typer.Argument(..., help="Folder of NIfTI/NRRD files and DICOM series folders, or a manifest CSV."),
+    model: Path = typer.Option(..., "--model", help="Model directory (what `medseg train` writes)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (studies/, state/, failures.csv, volumes.csv/html)."),
+    crf: bool = typer.Option(False, "--crf", help="Refine each segmentation with the dense 3D CRF."),
+    components: bool = typer.Option(False, "--components", help="Remove blobs under 0.1 mL and fill enclosed holes."),
+    tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address",
+                                               help="Run studies on this Dask scheduler's workers (tcp://host:8786)."),
+    workers: int = typer.Option(0, "--workers", min=0,
+                                help="Without --dask-address: a local Dask cluster of N worker processes (0: in process)."),
+) -> None:
+    """Segment the new or changed studies of ARCHIVE once (a Prefect flow run)."""
+    _check_inputs(archive, model)
+    _prefect_env()
+    stage(f"segmenting {archive} with {model} into {out}")
+    record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,
+                            dask_address=dask_address, workers=workers)
+    _print_record(record, out)
+
+
+@app.command("schedule")
+@handle_errors
+def schedule_command(
+    archive: Path = typer.Argument(..., help="Folder of scans or a manifest CSV."),
+    model: Path = typer.Option(..., "--model", help="Model directory."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    cron: str = typer.Option(..., "--cron", help='Cron schedule, e.g. "0 2 * * *" (every night at 02:00).'),
+    name: str = typer.Option("nightly", "--name", help="Deployment name (runs as segment-archive/NAME)."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help="Time zone of the cron schedule (default UTC)."),
+    crf: bool = typer.Option(False, "--crf", help="Refine each segmentation with the dense 3D CRF."),
+    components: bool = typer.Option(False, "--components", help="Remove blobs under 0.1 mL and fill enclosed holes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the studies."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Local Dask cluster of N worker processes."),
+) -> None:
+    """Serve the batch as a Prefect deployment on a cron schedule (needs `prefect server start`).
+
+    Runs until stopped (Ctrl-C or SIGTERM). Trigger a run by hand with
+    `prefect deployment run segment-archive/NAME`; see runs at the server's UI.
+    """
+    from medseg.errors import MedsegError
+
+    _check_inputs(archive, model)
+    _prefect_env()
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        schedule = CronSchedule(cron=cron, timezone=timezone) if timezone else CronSchedule(cron=cron)
+    except ValueError as exc:
+        errors = getattr(exc, "errors", lambda: [])()
+        detail = errors[0]["msg"] if errors else str(exc).splitlines()[0]
+        raise MedsegError(f"--cron {cron!r}: not a valid cron schedule ({detail}); e.g. \"0 2 * * *\"") from None
+
+    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
+        raise MedsegError("schedules need a Prefect server: start one with `prefect server start` and point "
+                          "medseg at it with `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.segment_archive import segment_archive
+
+    from medseg.batch import DEFAULT_COMPONENTS
+
+    parameters = {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
+                  "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "device": device,
+                  "dask_address": dask_address, "workers": workers}
+    stage(f"serving segment-archive/{name} on {cron!r} (Ctrl-C to stop)")
+    segment_archive.serve(name=name, schedules=[schedule], parameters=parameters,
+                          entrypoint_type=EntrypointType.MODULE_PATH,
+                          description=f"Nightly segmentation of {archive} with {model}")
