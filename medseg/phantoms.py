@@ -3,7 +3,8 @@
 Anatomy is defined in world space (mm, RAS+) and sampled on any voxel grid, so the same
 phantom can be written isotropic or anisotropic, axis-aligned or oblique, RAS or LPS/IPL...,
 and its structures keep their place in the world. Voxel values are HU (int16): air −1000,
-fat −90, soft tissue 30, liver 60, spleen 45, kidneys 150, hypodense tumours 15, a bony spine
+fat −90, soft tissue 40, liver 100, spleen 115, kidneys 170, hypodense tumours 50 (a
+portal-venous contrast phase), a bony spine
 400 (unlabelled distractor); plus a smooth inhomogeneity field and Gaussian noise.
 
 Labels (:data:`PHANTOM_LABELS`): 1 liver, 2 spleen, 3 kidney_right, 4 kidney_left, 5 tumour
@@ -25,15 +26,16 @@ __all__ = ["PHANTOM_LABELS", "PhantomStudy", "make_phantom", "phantom_affine", "
 
 PHANTOM_LABELS: dict[int, str] = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "tumour"}
 
-# name: (label, HU, centre mm, radii mm); kidneys bright (contrast), spleen slightly darker than liver
+# name: (label, HU, centre mm, radii mm): portal-venous-phase contrast CT (enhanced liver, spleen and
+# kidneys well above the 40 HU soft tissue; hypodense tumours)
 _ORGANS = [
-    ("liver", 1, 60.0, (35.0, 5.0, 10.0), (38.0, 30.0, 30.0)),
-    ("spleen", 2, 45.0, (-45.0, -10.0, 15.0), (16.0, 13.0, 22.0)),
-    ("kidney_right", 3, 150.0, (30.0, -35.0, -15.0), (12.0, 10.0, 20.0)),
-    ("kidney_left", 4, 150.0, (-30.0, -35.0, -18.0), (12.0, 10.0, 20.0)),
+    ("liver", 1, 100.0, (35.0, 5.0, 10.0), (38.0, 30.0, 30.0)),
+    ("spleen", 2, 115.0, (-45.0, -10.0, 15.0), (16.0, 13.0, 22.0)),
+    ("kidney_right", 3, 170.0, (30.0, -35.0, -15.0), (12.0, 10.0, 20.0)),
+    ("kidney_left", 4, 170.0, (-30.0, -35.0, -18.0), (12.0, 10.0, 20.0)),
 ]
 _BODY_RADII = (90.0, 70.0)
-_TUMOUR_HU = 15.0
+_TUMOUR_HU = 50.0
 
 _AXIS_VECTORS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
 
@@ -149,7 +151,7 @@ def make_phantom(seed: int = 0, *, shape: tuple[int, int, int] = (72, 64, 48),
         body = (p[..., 0] / _BODY_RADII[0]) ** 2 + (p[..., 1] / _BODY_RADII[1]) ** 2
         hu[body <= 1.0] = -90.0  # subcutaneous fat
         inner = (p[..., 0] / (_BODY_RADII[0] - 8)) ** 2 + (p[..., 1] / (_BODY_RADII[1] - 8)) ** 2
-        hu[inner <= 1.0] = 30.0
+        hu[inner <= 1.0] = 40.0
         spine = (p[..., 0] / 10.0) ** 2 + ((p[..., 1] + 50.0) / 10.0) ** 2
         hu[spine <= 1.0] = 400.0
         for (name, lid, value, centre, radii), d, s in zip(_ORGANS, deform, shifts):
