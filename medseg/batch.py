@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
+from medseg.io.sitk_io import is_dicom_file
 
 __all__ = [
     "BatchOptions",
@@ -184,17 +185,6 @@ def _safe_id(text: str) -> str:
     return text or "study"
 
 
-def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _is_image_name(name: str) -> bool:
     return name.lower().endswith(_IMAGE_SUFFIXES)
 
@@ -243,7 +233,7 @@ def scan_archive(archive: str | Path, *, exclude: tuple[str | Path, ...] = ()) -
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip)
         files = sorted(f for f in filenames if not f.startswith("."))
         rel_dir = here.relative_to(root)
-        dicom = [f for f in files if not _is_image_name(f) and _is_dicom_file(here / f)]
+        dicom = [f for f in files if not _is_image_name(f) and is_dicom_file(here / f)]
         if dicom:
             name = here.name if here != root else root.name
             sid = _safe_id("__".join(rel_dir.parts) or name)

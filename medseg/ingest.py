@@ -43,6 +43,7 @@ from medseg.io import (
     Volume,
     atomic_write_text,
     check_same_grid,
+    is_dicom_file,
     is_image_path,
     read_label,
     read_volume,
@@ -249,17 +250,6 @@ def _write_state(out_dir: Path, state: dict[str, dict]) -> None:
 # discovery
 
 
-def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _walk(root: Path, out_dir: Path):
     """Yield ``(folder, image_files, holds_dicom)`` for ``root`` and every folder below it
     (sorted, hidden entries and ``out_dir`` left out, symlinked folders not followed)."""
@@ -273,7 +263,7 @@ def _walk(root: Path, out_dir: Path):
             p = here / name
             if is_image_path(name):
                 images.append(p)
-            elif not dicom and _is_dicom_file(p):
+            elif not dicom and is_dicom_file(p):
                 dicom = True
         yield here, images, dicom
 
@@ -307,7 +297,7 @@ def _discover(source: str, out_dir: Path, split: str, series_uid: str | None):
             found.append((f"{rp}#case={row.case_id}", f"{p}#{row.case_id}", tuple(str(x) for x in row.images),
                           str(row.label) if row.label else None, row.case_id, row.split, row.modality))
         return found
-    if p.is_file() and not is_image_path(p) and _is_dicom_file(p):
+    if p.is_file() and not is_image_path(p) and is_dicom_file(p):
         raise InputError(p, f"is a single DICOM file: ingest the folder that holds its series ({p.parent})")
     if p.is_file():
         return [(str(rp), str(p), (str(p),), None, safe_case_id(p.name), split, "")]

@@ -9,7 +9,7 @@ import typer
 
 from medseg.cli.app import app, handle_errors, stage
 
-__all__ = ["crf", "read_probabilities", "guess_modality"]
+__all__ = ["crf", "guess_modality"]
 
 
 def guess_modality(array) -> str:
@@ -20,58 +20,6 @@ def guess_modality(array) -> str:
     if sample.size and float(sample.min()) <= -500 and np.all(np.mod(sample, 1) == 0):
         return "CT"
     return "MR"
-
-
-def read_probabilities(path: Path, image):
-    """Read a 4D ``(X, Y, Z, C)`` softmax NIfTI on ``image``'s grid; return it as an ``(X, Y, Z, C)`` array.
-
-    Raises:
-        InputError: unreadable, not 4D, not on the image's grid, fewer than 2 channels, not
-            float, NaN/Inf, values outside [0, 1], or channels not summing to 1 (±0.02).
-    """
-    import nibabel as nib
-    import numpy as np
-
-    from medseg.errors import InputError
-
-    if not path.exists():
-        raise InputError(path, "does not exist")
-    if path.is_dir():
-        raise InputError(path, "is a folder, not a 4D NIfTI probability file")
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-    except Exception as exc:  # nibabel raises many types for a bad file
-        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
-    if len(shape) != 4:
-        raise InputError(path, f"probabilities must be a 4D NIfTI (X, Y, Z, C), got {len(shape)}D {shape}")
-    if shape[:3] != image.shape:
-        raise InputError(path, f"probabilities grid {shape[:3]} differs from the image's {image.shape} ({image.source})")
-    if not np.allclose(np.asarray(img.affine), image.affine, atol=1e-3, rtol=0):
-        diff = float(np.abs(np.asarray(img.affine) - image.affine).max())
-        raise InputError(path, f"probabilities are not on the image's grid ({image.source}): affines differ by "
-                         f"up to {diff:.4g} mm")
-    if shape[3] < 2:
-        raise InputError(path, f"probabilities need at least 2 channels (background first), got {shape[3]}")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputError(path, f"voxel data cannot be read ({type(exc).__name__}: {exc})") from None
-    if data.dtype.kind != "f":
-        raise InputError(path, f"probabilities must be float32 or float16 softmax values, got dtype {data.dtype}")
-    if data.dtype == np.float64:
-        data = data.astype(np.float32)
-    if not np.all(np.isfinite(data)):
-        raise InputError(path, "probabilities contain NaN or Inf")
-    lo, hi = float(data.min()), float(data.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise InputError(path, f"probabilities must lie in [0, 1], found values from {lo:g} to {hi:g}")
-    sums = data.reshape(-1, shape[3])[:: max(1, int(np.prod(shape[:3])) // 500_000)].sum(axis=1, dtype=np.float64)
-    worst = float(np.abs(sums - 1).max()) if sums.size else 0.0
-    if worst > 0.02:
-        raise InputError(path, f"channels must sum to 1 at every voxel (softmax), found sums from "
-                         f"{float(sums.min()):.3g} to {float(sums.max()):.3g}")
-    return data
 
 
 @app.command("crf")
@@ -103,6 +51,8 @@ def crf(
             raise InputError(out, "output must be a NIfTI file (.nii.gz or .nii)")
     stage(f"reading {image}")
     vol = read_volume(image)
+    from medseg.io.probabilities import read_probabilities
+
     probs = read_probabilities(probabilities, vol)
     import torch
 

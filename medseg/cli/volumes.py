@@ -47,10 +47,7 @@ def volumes(
     if probabilities is not None:
         from medseg.io.probabilities import read_probabilities
 
-        probs, affine = read_probabilities(probabilities)
-        if tuple(probs.shape[1:]) != seg.shape or not np.allclose(affine, seg.affine, atol=1e-3, rtol=0):
-            raise InputError(probabilities, f"probabilities grid {tuple(probs.shape[1:])} differs from the segmentation's "
-                             f"{seg.shape} ({segmentation})")
+        probs = np.moveaxis(read_probabilities(probabilities, seg, check_sums=False), -1, 0)
     stage("measuring")
     report = compute_volumes(seg, img, names, probs)
     write_volume_report(report, output)

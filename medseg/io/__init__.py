@@ -15,9 +15,11 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from medseg.io.probabilities import read_probabilities
 from medseg.io.nifti import is_nifti_path, read_nifti, write_nifti, write_nifti_array
 from medseg.io.sitk_io import (
     DicomSeries,
+    is_dicom_file,
     list_dicom_series,
     read_dicom_series,
     read_sitk_file,
@@ -31,9 +33,11 @@ __all__ = [
     "Volume",
     "InputError",
     "DicomSeries",
+    "is_dicom_file",
     "read_volume",
     "write_volume",
     "read_label",
+    "read_probabilities",
     "check_same_grid",
     "is_image_path",
     "read_nifti",

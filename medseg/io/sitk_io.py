@@ -18,6 +18,7 @@ from medseg.io.volume import Volume
 
 __all__ = [
     "DicomSeries",
+    "is_dicom_file",
     "list_dicom_series",
     "read_dicom_series",
     "read_sitk_file",
@@ -148,6 +149,19 @@ class DicomSeries:
     description: str
     files: tuple[str, ...]
     modality: str = ""
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a ``.dcm`` file or a file with the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _tag(reader, key: str) -> str:

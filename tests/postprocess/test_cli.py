@@ -76,7 +76,7 @@ def test_crf_cli_bad_inputs(cli, flair_case, tmp_path):
     (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti at all")
     cases["junk.nii.gz"] = "not a readable NIfTI"
     cases["missing.nii.gz"] = "does not exist"
-    from medseg.cli.crf import read_probabilities
+    from medseg.io.probabilities import read_probabilities
     from medseg.errors import InputError
     from medseg.io import read_volume
 
