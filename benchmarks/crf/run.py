@@ -15,6 +15,7 @@ Writes benchmarks/crf/results.json.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import subprocess
@@ -99,8 +100,8 @@ def main() -> None:
     contenders = [(f"ours_{t}t", ours_cmd + ["--threads", str(t), "--"]) for t in threads]
     contenders.append(("simplecrf", theirs_cmd))
     results = {"params": PARAMS, "classes": N_CLASSES, "ours_threads": threads, "simplecrf_threads": 1, "machine": platform.platform(),
-               "python": sys.version.split()[0], "note": "shared 2-core machine: other engineers' jobs ran at "
-               "the same time; ours and SimpleCRF were interleaved so that both saw the same load",
+               "python": sys.version.split()[0], "load_average_at_start": os.getloadavg()[0],
+               "note": "ours and SimpleCRF are interleaved so that both see the same load from other jobs",
                "volumes": {}}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
