@@ -194,12 +194,10 @@ def write_readme(results: dict) -> None:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, monai {m['monai']}; whole run "
         f"{results['wall_s']:.0f} s.",
-        f"**The machine was shared with other engineers' jobs while this ran (load average "
-        f"{m['load_before'][0]:.1f} before, {m['load_after'][0]:.1f} after, on {m['cores']} cores)**: "
-        "absolute times are noisy and inflated; compare rows of one run (ratios). Where the load exceeds the",
-        "cores, small forwards (the 2D rows: tens of milliseconds of compute) are dominated by OpenMP threads",
-        "waiting to be scheduled, so they read about the same for every model; the 3D rows are the informative",
-        "ones. Re-run on an idle machine for absolute figures.",
+        f"Load average {m['load_before'][0]:.1f} before and {m['load_after'][0]:.1f} after the run, on "
+        f"{m['cores']} cores. Where the load exceeds the cores, small forwards (the 2D rows: tens of "
+        "milliseconds of compute) are dominated by OpenMP threads waiting to be scheduled: compare rows "
+        "of one run (ratios) and re-run on an idle machine for absolute figures.",
         "",
     ]
     for dims in (3, 2):
