@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medseg.measure.metrics import bounding_box
+
 __all__ = ["LesionRecord", "LesionResult", "DEFAULT_SIZE_BUCKETS_ML", "connected_components", "match_lesions",
            "summarize_lesions", "detection_scores"]
 
@@ -84,20 +86,6 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ids, int(n)
 
 
-def _crop(*masks: np.ndarray) -> tuple[slice, ...] | None:
-    union = masks[0].copy()
-    for m in masks[1:]:
-        union |= m
-    box = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        nz = np.flatnonzero(union.any(axis=other))
-        if not nz.size:
-            return None
-        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(box)
-
-
 def match_lesions(pred_mask: np.ndarray, ref_mask: np.ndarray, affine: np.ndarray, overlap: float = 0.1,
                   box: tuple[slice, ...] | None = None) -> LesionResult:
     """Match the lesions of one binary prediction against one binary reference.
@@ -123,7 +111,7 @@ def match_lesions(pred_mask: np.ndarray, ref_mask: np.ndarray, affine: np.ndarra
     affine = np.asarray(affine, dtype=np.float64)
     vox_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     if box is None:
-        box = _crop(pred_mask, ref_mask)
+        box = bounding_box(pred_mask | ref_mask)
     if box is None:
         return LesionResult(0, 0, 0, 0)
     offset = np.array([s.start for s in box], dtype=np.float64)

@@ -30,7 +30,7 @@ import numpy as np
 
 from medseg.measure.volumes import _Compact
 
-__all__ = ["confusion_counts", "overlap_metrics", "surface_distances", "hd95", "nsd", "label_metrics",
+__all__ = ["bounding_box", "confusion_counts", "overlap_metrics", "surface_distances", "hd95", "nsd", "label_metrics",
            "case_metrics", "DEFAULT_NSD_TOLERANCE_MM"]
 
 DEFAULT_NSD_TOLERANCE_MM = 2.0
@@ -91,7 +91,8 @@ def overlap_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int
     return {"Dice": dice, "IoU": iou, "TP": tp, "FP": fp, "FN": fn, "TN": tn, "n_pred": tp + fp, "n_ref": tp + fn}
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The tightest box of slices around the True voxels of ``mask`` (None when it has none)."""
     out = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
@@ -122,7 +123,7 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     if pred.shape != ref.shape:
         raise ValueError(f"pred shape {pred.shape} differs from ref shape {ref.shape}")
     sp = _spacing(spacing, pred.ndim)
-    box = _bbox(pred | ref)
+    box = bounding_box(pred | ref)
     if box is None or not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks")
     p = np.pad(pred[box], 1)
@@ -175,7 +176,7 @@ def label_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence
     n_p, n_r = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask))
     if n_p and n_r:
         if box is None:
-            box = _bbox(pred_mask | ref_mask)
+            box = bounding_box(pred_mask | ref_mask)
         p, r = pred_mask[box], ref_mask[box]
         tp = int(np.count_nonzero(p & r))
     else:
