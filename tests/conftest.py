@@ -52,3 +52,14 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield home
+
+
+@pytest.fixture(scope="session")
+def quick_phantom_root(tmp_path_factory) -> Path:
+    """One run of :func:`medseg.training.quick_train_phantom_model` (300 steps, seed 0) shared by the
+    training and inference tests: ``root/model`` is the model directory, ``root/phantoms`` its archive."""
+    from medseg.training import quick_train_phantom_model
+
+    root = tmp_path_factory.mktemp("quick_phantom")
+    quick_train_phantom_model(root, steps=300, seed=0)
+    return root

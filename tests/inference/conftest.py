@@ -28,15 +28,12 @@ def phantom_plans(spatial_dims: int = 3, patch_size=(48, 48, 48), slice_axis=Non
 
 
 @pytest.fixture(scope="session")
-def trained_phantom(tmp_path_factory) -> Path:
+def trained_phantom(quick_phantom_root) -> Path:
     """A real model directory from the real trainer (``medseg.training.quick_train_phantom_model``:
-    a 3D U-Net (8..64 channels) on 3 phantoms, 300 deterministic steps, bf16, about 20 s of CPU).
-    The folder also holds the phantom archive (``phantoms/``: 3 train, 1 val, 1 test)."""
-    from medseg.training import quick_train_phantom_model
-
-    root = tmp_path_factory.mktemp("quick_phantom")
-    quick_train_phantom_model(root, steps=300, seed=0)
-    return root
+    a 3D U-Net (8..64 channels) on 3 phantoms, 300 deterministic steps, bf16, about 20 s of CPU),
+    shared with the training tests. The folder also holds the phantom archive (``phantoms/``:
+    3 train, 1 val, 1 test)."""
+    return quick_phantom_root
 
 
 @pytest.fixture(scope="session")

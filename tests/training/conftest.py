@@ -62,11 +62,9 @@ def phantom_manifest(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quick_model(tmp_path_factory) -> Path:
+def quick_model(quick_phantom_root) -> Path:
     """The ready-made model of :func:`medseg.training.quick_train_phantom_model` (trained once per session)."""
-    from medseg.training import quick_train_phantom_model
-
-    return quick_train_phantom_model(tmp_path_factory.mktemp("quick"), steps=300, seed=0)
+    return quick_phantom_root / "model"
 
 
 def segment_volume(model_dir: Path, image) -> np.ndarray:
