@@ -1,8 +1,8 @@
 """Prefect flows: evaluate predictions against references (folders or a manifest).
 
-Thin orchestration over :mod:`medseg.measure.evaluate`: one task per case
-(:func:`~medseg.measure.evaluate.evaluate_case`), one task that summarises and writes
-``summary.json``, ``lesions.csv`` and ``report.html`` (:func:`~medseg.measure.evaluate.write_evaluation`).
+Thin orchestration: one task per case (:func:`medseg.measure.evaluate_case`), one task that
+summarises (:func:`medseg.measure.summarize`) and writes ``summary.json``, ``lesions.csv`` and
+``report.html`` (:func:`medseg.report.write_evaluation`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from medseg.measure.evaluate import (
-    CaseEvaluation,
-    CasePair,
-    evaluate_case,
-    match_cases,
-    summarize,
-    write_evaluation,
-)
+from medseg.measure import CaseEvaluation, CasePair, evaluate_case, find_case_image, match_cases, summarize
 from medseg.measure.metrics import DEFAULT_NSD_TOLERANCE_MM
+from medseg.report import write_evaluation
 
 __all__ = ["evaluate_flow", "evaluate_manifest_flow", "evaluate_case_task", "write_evaluation_task"]
 
@@ -34,9 +28,8 @@ def evaluate_case_task(pair: CasePair, labels: list[int] | None, lesion_overlap:
 @task(name="write-evaluation")
 def write_evaluation_task(cases: list[CaseEvaluation], labels: dict[int, str] | None, out_dir: str, lesion_overlap: float,
                           nsd_tolerance_mm: float, reference: str, prediction: str) -> dict[str, Any]:
-    summary = summarize(cases, labels, lesion_overlap=lesion_overlap, nsd_tolerance_mm=nsd_tolerance_mm)
-    summary["reference"] = reference
-    summary["prediction"] = prediction
+    summary = summarize(cases, labels, lesion_overlap=lesion_overlap, nsd_tolerance_mm=nsd_tolerance_mm,
+                        reference=reference, prediction=prediction)
     write_evaluation(summary, cases, out_dir)
     return summary
 
@@ -72,18 +65,18 @@ def evaluate_manifest_flow(manifest: str, pred_dir: str, out_dir: str, split: st
     """Evaluate the labelled manifest cases (of ``split``; ``None``: all) against ``pred_dir/<case_id>.nii.gz``.
 
     The prediction of a case is the file in ``pred_dir`` named after its ``case_id`` (any image
-    suffix) or after its label file's name.
+    suffix, or nnU-Net's ``_0000``) or after its label file's name.
     """
     from medseg.errors import InputError
     from medseg.manifest import read_manifest
-    from medseg.measure.evaluate import _find_image
 
     rows = [r for r in read_manifest(manifest) if r.label is not None and (split is None or r.split == split)]
     if not rows:
         raise InputError(manifest, "no labelled case" + (f" in split {split!r}" if split else ""))
     pairs = []
     for r in rows:
-        pred = _find_image(Path(pred_dir), r.case_id) or (Path(pred_dir) / r.label.name if (Path(pred_dir) / r.label.name).is_file() else None)
+        same_name = Path(pred_dir) / r.label.name
+        pred = find_case_image(pred_dir, r.case_id) or (same_name if same_name.is_file() else None)
         if pred is None:
             raise InputError(pred_dir, f"no prediction for case {r.case_id!r} (expected {r.case_id}.nii.gz)")
         pairs.append(CasePair(r.case_id, pred, r.label, r.images[0]))

@@ -1,8 +1,9 @@
 """Prefect flow: volume reports over a manifest or a folder of segmentations.
 
-Thin orchestration over :func:`medseg.measure.volumes.compute_volumes` (one task per study, writing
-``OUT/studies/<case>.json``) and :func:`medseg.report.write_batch_volume_reports` (``OUT/volumes.csv``:
-one row per study × structure, ``OUT/volumes.html``: distributions per structure).
+Thin orchestration: one task per study (:func:`medseg.measure.compute_volumes`, written to
+``OUT/studies/<case>.json`` by :func:`medseg.report.write_volume_report`) and one over all of them
+(:func:`medseg.report.write_batch_volume_reports`: ``OUT/volumes.csv``, one row per study × structure,
+and ``OUT/volumes.html``, distributions per structure).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ __all__ = ["volumes_flow", "volume_report_task", "batch_volume_report_task"]
 def volume_report_task(case: str, segmentation: str, image: str | None, labels: dict[int, str] | None,
                        out_path: str) -> dict[str, Any]:
     from medseg.io import read_label, read_volume
-    from medseg.measure.volumes import compute_volumes, write_volume_report
+    from medseg.measure import compute_volumes
+    from medseg.report import write_volume_report
 
     seg = read_label(segmentation)
     img = read_volume(image) if image else None
@@ -47,7 +49,7 @@ def volumes_flow(source: str, out_dir: str, labels_file: str | None = None, imag
 
     Returns ``{"studies": {case: json path}, "csv": path, "html": path}``.
     """
-    from medseg.measure.volumes import find_volume_inputs
+    from medseg.measure import find_volume_inputs
     from medseg.plans import read_labels
 
     logger = get_run_logger()

@@ -24,8 +24,9 @@ def evaluate(
 ) -> None:
     """Dice, IoU, HD95, NSD per case and label; lesion-wise recall/precision; summary.json + report.html."""
     from medseg.errors import InputError
-    from medseg.measure.evaluate import evaluate as run_evaluation
+    from medseg.measure import evaluate as run_evaluation
     from medseg.plans import read_labels
+    from medseg.report import write_evaluation
 
     if lesion_overlap <= 0:
         raise InputError(None, f"--lesion-overlap must be in (0, 1], not {lesion_overlap}")
@@ -34,8 +35,9 @@ def evaluate(
             raise InputError(output, "the output folder is an input folder; choose another -o")
     names = read_labels(labels) if labels is not None else None
     stage(f"evaluating {pred} against {ref}")
-    summary = run_evaluation(pred, ref, output, labels=names, lesion_overlap=lesion_overlap,
-                             nsd_tolerance_mm=nsd_tolerance, images=images)
+    summary, cases = run_evaluation(pred, ref, labels=names, lesion_overlap=lesion_overlap,
+                                    nsd_tolerance_mm=nsd_tolerance, images=images)
+    write_evaluation(summary, cases, output)
     for label, les in summary["lesions"].items():
         name = summary["labels"].get(label, label)
         dice = summary["mean"][label]["Dice"]

@@ -25,8 +25,9 @@ def volumes(
 
     from medseg.errors import InputError
     from medseg.io import read_label, read_volume
-    from medseg.measure.volumes import compute_volumes, write_volume_report
+    from medseg.measure import compute_volumes
     from medseg.plans import read_labels
+    from medseg.report import write_volume_report
 
     suffix = output.suffix.lower()
     if suffix not in (".json", ".csv", ".html", ".htm"):

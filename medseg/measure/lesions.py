@@ -17,15 +17,15 @@ Rules (DESIGN.md):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from medseg.measure.metrics import bounding_box
 
-__all__ = ["LesionRecord", "LesionResult", "DEFAULT_SIZE_BUCKETS_ML", "connected_components", "match_lesions",
-           "summarize_lesions", "detection_scores"]
+__all__ = ["LesionRecord", "LesionResult", "LesionSlice", "DEFAULT_SIZE_BUCKETS_ML", "connected_components",
+           "match_lesions", "summarize_lesions", "detection_scores", "lesion_slice", "axial_axis"]
 
 # Bucket edges in mL: <0.01, 0.01-0.1, 0.1-1, 1-10, >=10 (an MS lesion is ~0.01-1 mL, a liver tumour 1-100 mL).
 DEFAULT_SIZE_BUCKETS_ML: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, math.inf)
@@ -183,3 +183,67 @@ def summarize_lesions(results: Sequence[LesionResult],
     return {**detection_scores(n_ref, n_det, n_pred, n_fp), "n_ref": n_ref, "n_detected": n_det, "n_pred": n_pred,
             "n_false_positive": n_fp, "by_size": by_size}
 
+
+@dataclass(frozen=True)
+class LesionSlice:
+    """The axial slice through one lesion, oriented for display in radiological view.
+
+    Row 0 is anterior, column 0 the patient's right. ``ref`` and ``pred``: boolean ``(H, W)``
+    masks; ``image``: ``(H, W)`` image values in the image's own dtype (HU for CT), or None;
+    ``aspect``: pixel height / pixel width (mm / mm). The arrays are copies, not views of the volume.
+    """
+
+    ref: np.ndarray
+    pred: np.ndarray
+    image: np.ndarray | None
+    aspect: float
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The array axis closest to the world S (superior) direction: the axis axial slices are taken across."""
+    a = np.asarray(affine, dtype=float)[:3, :3]
+    cols = a / np.linalg.norm(a, axis=0, keepdims=True)
+    return int(np.argmax(np.abs(cols[2])))
+
+
+def lesion_slice(ref_mask: np.ndarray, pred_mask: np.ndarray, affine: np.ndarray, bbox_voxels: Sequence[Sequence[int]],
+                 image: np.ndarray | None = None, margin_vox: int = 12) -> LesionSlice:
+    """The axial slice through a lesion that holds most of its reference voxels, with a margin around it.
+
+    Args:
+        ref_mask, pred_mask: boolean ``(I, J, K)`` masks on one grid.
+        affine: ``(4, 4)`` voxel → world (RAS+, mm) map of that grid.
+        bbox_voxels: the lesion's box ``[[i0, j0, k0], [i1, j1, k1]]`` (inclusive voxel indices).
+        image: optional image ``(I, J, K)`` on the same grid.
+        margin_vox: voxels kept around the box in the slice plane (clipped at the volume border).
+    """
+    affine = np.asarray(affine, dtype=float)
+    ax_s = axial_axis(affine)
+    inplane = [a for a in range(3) if a != ax_s]
+    lo, hi = np.asarray(bbox_voxels[0]), np.asarray(bbox_voxels[1])
+    box = [slice(max(0, int(lo[a]) - margin_vox), min(ref_mask.shape[a], int(hi[a]) + margin_vox + 1)) for a in range(3)]
+    # The slice (inside the lesion's box) that holds the most reference voxels of that box.
+    inner = [slice(int(lo[a]), int(hi[a]) + 1) for a in range(3)]
+    other = tuple(a for a in range(3) if a != ax_s)
+    counts = ref_mask[tuple(inner)].sum(axis=other)
+    k = int(lo[ax_s]) + int(np.argmax(counts))
+    box[ax_s] = slice(k, k + 1)
+    arrays = [np.squeeze(np.asarray(ref_mask, dtype=bool)[tuple(box)], axis=ax_s),
+              np.squeeze(np.asarray(pred_mask, dtype=bool)[tuple(box)], axis=ax_s)]
+    if image is not None:
+        arrays.append(np.squeeze(np.asarray(image)[tuple(box)], axis=ax_s))
+    # Orient: rows along the in-plane axis closest to world y (anterior up), columns along x (right on the left).
+    a0, a1 = inplane
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0, keepdims=True)
+    x_axis = a0 if abs(cols[0, a0]) >= abs(cols[0, a1]) else a1
+    y_axis = a1 if x_axis == a0 else a0
+    if inplane.index(y_axis) != 0:  # make axis 0 of the 2D arrays the row (y) axis
+        arrays = [arr.T for arr in arrays]
+    if cols[1, y_axis] > 0:  # index grows toward anterior: flip so anterior is at the top
+        arrays = [arr[::-1, :] for arr in arrays]
+    if cols[0, x_axis] > 0:  # index grows toward patient right: flip so right is on the left
+        arrays = [arr[:, ::-1] for arr in arrays]
+    arrays = [np.array(arr, copy=True) for arr in arrays]  # a copy: no view keeps the whole volume alive
+    sp = np.linalg.norm(affine[:3, :3], axis=0)
+    return LesionSlice(ref=arrays[0], pred=arrays[1], image=arrays[2] if image is not None else None,
+                       aspect=float(sp[y_axis] / sp[x_axis]))

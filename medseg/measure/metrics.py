@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medseg.measure.volumes import _Compact
+from medseg.measure.volumes import CompactLabels
 
 __all__ = ["bounding_box", "confusion_counts", "overlap_metrics", "surface_distances", "hd95", "nsd", "label_metrics",
            "case_metrics", "DEFAULT_NSD_TOLERANCE_MM"]
@@ -55,7 +55,7 @@ def confusion_counts(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -
         raise ValueError(f"pred shape {pred.shape} differs from ref shape {ref.shape}")
     labels = [int(v) for v in labels]
     # Compact values: requested labels 0..L-1, everything else L; counted slab by slab (cache-sized).
-    compact = _Compact(np.maximum(pred.max(initial=0), ref.max(initial=0)).reshape(1), labels)
+    compact = CompactLabels(np.maximum(pred.max(initial=0), ref.max(initial=0)).reshape(1), labels)
     n = len(labels) + 1
     conf = np.zeros(n * n, dtype=np.int64)
     fortran = pred.flags.f_contiguous and not pred.flags.c_contiguous

@@ -24,32 +24,19 @@ index box, in world mm; ``bbox_voxels`` is ``[[i0, j0, k0], [i1, j1, k1]]`` (inc
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg.io.atomic import atomic_write_text
 from medseg.io.volume import Volume
 
-__all__ = ["compute_volumes", "write_volume_report", "volume_report_rows", "VOLUME_CSV_COLUMNS",
-           "json_ready", "csv_text", "find_volume_inputs", "present_labels"]
+__all__ = ["compute_volumes", "present_labels", "CompactLabels"]
 
 # Voxels per slab (bounded temporary memory: a few int64 arrays of this size).
 _SLAB_VOXELS = 1 << 21
 # Largest (labels × intensity range) histogram used for integer images before falling back to sorting.
 _MAX_HIST_BINS = 1 << 25
-
-VOLUME_CSV_COLUMNS = (
-    "structure", "label", "voxels", "volume_ml", "volume_ml_soft", "intensity_mean", "intensity_std",
-    "intensity_min", "intensity_max", "intensity_median", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm",
-    "touches_border",
-)
 
 
 def _check_labels(labels: dict[int, str]) -> dict[int, str]:
@@ -74,8 +61,17 @@ def _check_labels(labels: dict[int, str]) -> dict[int, str]:
 _MAX_LUT = 1 << 22
 
 
-class _Compact:
-    """Maps raw label values to compact indices: requested ids → 0..L-1, everything else → L."""
+class CompactLabels:
+    """Maps raw label values to compact indices: requested ids → 0..L-1, everything else → L.
+
+    The compact indices keep ``np.bincount`` histograms over labels small whatever the label
+    values are (a dense lookup table up to 4 Mi values, bisection beyond, e.g. for uint32
+    instance ids). ``n`` is the number of requested ids (L).
+
+    Args:
+        seg: any array holding the largest label value that will be mapped (only its maximum is read).
+        ids: the requested label ids, in the order of their compact indices.
+    """
 
     def __init__(self, seg: np.ndarray, ids: list[int]):
         self.n = len(ids)
@@ -90,6 +86,7 @@ class _Compact:
             self.sorted_ids = np.asarray(ids, dtype=np.int64)[self.order]
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
+        """The compact index (``np.intp``, same shape) of every value of ``values``."""
         if self.lut is not None:
             return np.take(self.lut, values)
         if not self.n:
@@ -233,7 +230,7 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
     labels = _check_labels(labels)
     ids = list(labels)
     shape = seg.shape
-    compact = _Compact(arr, ids)
+    compact = CompactLabels(arr, ids)
     n = compact.n
 
     def lab_slabs():
@@ -305,120 +302,3 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
         "voxel_volume_ml": seg.voxel_volume_ml,
         "structures": structures,
     }
-
-
-def json_ready(obj: Any) -> Any:
-    """A copy of ``obj`` with numpy scalars/arrays as Python values and NaN/inf floats as ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    return obj
-
-
-def volume_report_rows(report: dict[str, Any], study: str | None = None) -> list[dict[str, Any]]:
-    """One flat row per structure (the CSV columns :data:`VOLUME_CSV_COLUMNS`, ``study`` first if given)."""
-    rows = []
-    for name, rec in report["structures"].items():
-        row: dict[str, Any] = {} if study is None else {"study": study}
-        row.update({"structure": name, "label": rec["label"], "voxels": rec["voxels"], "volume_ml": rec["volume_ml"],
-                    "volume_ml_soft": rec.get("volume_ml_soft")})
-        for key in ("mean", "std", "min", "max", "median"):
-            row[f"intensity_{key}"] = rec.get(f"intensity_{key}")
-        cen = rec.get("centroid_mm") or [None] * 3
-        box = rec.get("bbox_mm") or [[None] * 3, [None] * 3]
-        for axis, v in zip("xyz", cen):
-            row[f"centroid_{axis}_mm"] = v
-        for axis, v in zip("xyz", box[0]):
-            row[f"bbox_min_{axis}_mm"] = v
-        for axis, v in zip("xyz", box[1]):
-            row[f"bbox_max_{axis}_mm"] = v
-        row["touches_border"] = rec.get("touches_border")
-        rows.append(row)
-    return rows
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
-        return "'" + value  # a name from a file must not become a spreadsheet formula
-    return value
-
-
-def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    """CSV text of ``rows`` (floats at full precision, ``None`` as an empty cell)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: _csv_cell(v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def write_volume_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write ``report`` as JSON (``.json``), CSV (``.csv``, one row per structure) or HTML (``.html``).
-
-    The file is written whole or not at all (temporary name, then rename). JSON numbers are
-    unrounded; NaN/inf become ``null``.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        text = json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n"
-    elif suffix == ".csv":
-        text = csv_text(volume_report_rows(report), VOLUME_CSV_COLUMNS)
-    elif suffix in (".html", ".htm"):
-        from medseg.report.volumes import render_volume_report
-
-        text = render_volume_report(report)
-    else:
-        raise ValueError(f"{path}: unknown report format {path.suffix!r} (use .json, .csv or .html)")
-    return atomic_write_text(path, text)
-
-
-def find_volume_inputs(source: str | Path, images: str | Path | None = None, *, split: str | None = None
-                       ) -> list[tuple[str, Path, Path | None]]:
-    """The ``(case, segmentation, image or None)`` triples of a manifest CSV or a folder of label maps.
-
-    A manifest (DESIGN.md) gives the segmentation in its ``label`` column and the image as the
-    first ``image`` path (rows without a label are skipped; ``split`` keeps one split). A folder
-    gives every label map in it, with the image of the same file name (or nnU-Net's ``_0000``)
-    from ``images`` when that folder is given.
-
-    Raises:
-        InputError: a missing source, a manifest error, a folder without label maps.
-    """
-    from medseg.errors import InputError
-    from medseg.measure.evaluate import _find_image, _image_files, case_name
-
-    source = Path(source)
-    if not source.exists():
-        raise InputError(source, "does not exist")
-    if source.is_file() and source.suffix.lower() == ".csv":
-        from medseg.manifest import read_manifest
-
-        rows = read_manifest(source)
-        out = [(r.case_id, r.label, r.images[0]) for r in rows if r.label is not None and (split is None or r.split == split)]
-        if not out:
-            raise InputError(source, "no manifest row has a label (segmentation)" + (f" in split {split!r}" if split else ""))
-        return out
-    if source.is_file():
-        img = Path(images) if images is not None else None
-        if img is not None and img.is_dir():
-            img = _find_image(img, case_name(source))
-        return [(case_name(source), source, img)]
-    files = _image_files(source)
-    if not files:
-        raise InputError(source, "no label maps (.nii.gz, .nii, .nrrd, .mha) in this folder")
-    return [(case_name(p), p, _find_image(Path(images), case_name(p)) if images is not None else None) for p in files.values()]

@@ -1,4 +1,9 @@
-"""Plots as PNG bytes (matplotlib ``Figure`` objects on the Agg canvas; no pyplot, no display)."""
+"""Plots as PNG bytes (matplotlib ``Figure`` objects on the Agg canvas; no pyplot, no display).
+
+Text that may come from a file (structure names, study ids, titles) is drawn with
+plain-text properties: never parsed as mathtext (a name like ``a$b$c$`` would otherwise be read as
+math and can fail to render) and never sent to TeX, whatever the matplotlib configuration says.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medseg.measure.lesions import LesionSlice
 from medseg.report.html import figure_png
 
 __all__ = ["wilson_interval", "recall_by_size_png", "volumes_bar_png", "intensity_png", "distribution_pngs",
-           "lesion_thumbnail_png", "axial_axis"]
+           "lesion_thumbnail_png"]
+
+# Text properties of every string drawn: literal text, no mathtext, no TeX.
+_PLAIN_TEXT = {"parse_math": False, "usetex": False}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -51,14 +60,14 @@ def recall_by_size_png(by_size: Sequence[dict[str, Any]], title: str = "") -> by
     x = np.arange(len(names))
     ax.bar(x, rec, color="#2a6ebb", yerr=np.clip(err, 0, None), capsize=4)
     for i, b in enumerate(by_size):
-        ax.text(i, 1.04, f"{b['n_detected']}/{b['n_ref']}", ha="center", fontsize=8)
+        ax.text(i, 1.04, f"{b['n_detected']}/{b['n_ref']}", ha="center", fontsize=8, **_PLAIN_TEXT)
     ax.set_xticks(x)
-    ax.set_xticklabels(names, fontsize=8)
+    ax.set_xticklabels(names, fontsize=8, **_PLAIN_TEXT)
     ax.set_ylim(0, 1.12)
-    ax.set_ylabel("recall")
-    ax.set_xlabel("reference lesion volume")
+    ax.set_ylabel("recall", **_PLAIN_TEXT)
+    ax.set_xlabel("reference lesion volume", **_PLAIN_TEXT)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, **_PLAIN_TEXT)
     return figure_png(fig)
 
 
@@ -73,12 +82,12 @@ def volumes_bar_png(names: Sequence[str], volumes_ml: Sequence[float], border: S
     colors = ["#e0a030" if b else "#2a6ebb" for b in border]
     ax.barh(y, volumes_ml, color=colors)
     ax.set_yticks(y)
-    ax.set_yticklabels(names, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7, **_PLAIN_TEXT)
     ax.invert_yaxis()
     vals = [v for v in volumes_ml if v > 0]
     if vals and max(vals) / min(vals) > 100:
         ax.set_xscale("log")
-    ax.set_xlabel("volume (mL); orange: touches the image border")
+    ax.set_xlabel("volume (mL); orange: touches the image border", **_PLAIN_TEXT)
     return figure_png(fig)
 
 
@@ -92,9 +101,9 @@ def intensity_png(names: Sequence[str], mean: Sequence[float], std: Sequence[flo
     y = np.arange(n)
     ax.errorbar(mean, y, xerr=std, fmt="o", ms=3, color="#2a6ebb", ecolor="#888")
     ax.set_yticks(y)
-    ax.set_yticklabels(names, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7, **_PLAIN_TEXT)
     ax.invert_yaxis()
-    ax.set_xlabel(f"intensity mean ± std {unit}".strip())
+    ax.set_xlabel(f"intensity mean ± std {unit}".strip(), **_PLAIN_TEXT)
     return figure_png(fig)
 
 
@@ -116,68 +125,31 @@ def distribution_pngs(values: dict[str, Sequence[float]], per_figure: int = 20, 
             if v.size:
                 ax.hist(v, bins=min(20, max(3, v.size)), color="#2a6ebb", alpha=0.8)
                 ax.plot(v, np.zeros_like(v), "|", color="k", ms=8)
-            ax.set_title(name, fontsize=8)
+            ax.set_title(name, fontsize=8, **_PLAIN_TEXT)
             ax.tick_params(labelsize=7)
-            ax.set_xlabel(xlabel, fontsize=7)
+            ax.set_xlabel(xlabel, fontsize=7, **_PLAIN_TEXT)
         fig.tight_layout()
         out.append(figure_png(fig, dpi=80))
     return out
 
 
-def axial_axis(affine: np.ndarray) -> int:
-    """The array axis closest to the world S (superior) direction: the axis axial slices are taken across."""
-    a = np.asarray(affine, dtype=float)[:3, :3]
-    cols = a / np.linalg.norm(a, axis=0, keepdims=True)
-    return int(np.argmax(np.abs(cols[2])))
-
-
-def lesion_thumbnail_png(ref_mask: np.ndarray, pred_mask: np.ndarray, affine: np.ndarray,
-                         bbox_voxels: Sequence[Sequence[int]], image: np.ndarray | None = None,
-                         title: str = "", margin_vox: int = 12) -> bytes:
-    """An axial slice through a lesion: image (or the reference mask in grey), reference contour
-    (green) and predicted contour (red), radiological view (patient's right on the left, anterior up).
-
-    ``ref_mask``/``pred_mask``: boolean ``(I, J, K)``; ``bbox_voxels``: ``[[i0, j0, k0], [i1, j1, k1]]``.
-    """
+def lesion_thumbnail_png(view: LesionSlice, title: str = "") -> bytes:
+    """A lesion's axial slice (:func:`medseg.measure.lesions.lesion_slice`) as a PNG: the image (or the
+    reference mask in grey), reference contour (green) and predicted contour (red), radiological
+    view (patient's right on the left, anterior up)."""
     from matplotlib.figure import Figure
 
-    affine = np.asarray(affine, dtype=float)
-    ax_s = axial_axis(affine)
-    inplane = [a for a in range(3) if a != ax_s]
-    lo, hi = np.asarray(bbox_voxels[0]), np.asarray(bbox_voxels[1])
-    box = [slice(max(0, int(lo[a]) - margin_vox), min(ref_mask.shape[a], int(hi[a]) + margin_vox + 1)) for a in range(3)]
-    # The slice (inside the lesion's box) that holds the most reference voxels of that box.
-    inner = [slice(int(lo[a]), int(hi[a]) + 1) for a in range(3)]
-    other = tuple(a for a in range(3) if a != ax_s)
-    counts = ref_mask[tuple(inner)].sum(axis=other)
-    k = int(lo[ax_s]) + int(np.argmax(counts))
-    box[ax_s] = slice(k, k + 1)
-    ref2 = np.squeeze(ref_mask[tuple(box)], axis=ax_s).astype(float)
-    pred2 = np.squeeze(pred_mask[tuple(box)], axis=ax_s).astype(float)
-    img2 = np.squeeze(np.asarray(image)[tuple(box)], axis=ax_s).astype(float) if image is not None else None
-    # Orient: rows along the in-plane axis closest to world y (anterior up), columns along x (right on the left).
-    a0, a1 = inplane
-    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0, keepdims=True)
-    x_axis = a0 if abs(cols[0, a0]) >= abs(cols[0, a1]) else a1
-    y_axis = a1 if x_axis == a0 else a0
-    arrays = [ref2, pred2] + ([img2] if img2 is not None else [])
-    if inplane.index(y_axis) != 0:  # make axis 0 of the 2D arrays the row (y) axis
-        arrays = [arr.T for arr in arrays]
-    if cols[1, y_axis] > 0:  # index grows toward anterior: flip so anterior is at the top
-        arrays = [arr[::-1, :] for arr in arrays]
-    if cols[0, x_axis] > 0:  # index grows toward patient right: flip so right is on the left
-        arrays = [arr[:, ::-1] for arr in arrays]
-    ref2, pred2 = arrays[0], arrays[1]
-    img2 = arrays[2] if img2 is not None else None
-    sp = np.linalg.norm(affine[:3, :3], axis=0)
-    aspect = float(sp[y_axis] / sp[x_axis])
+    ref2 = view.ref.astype(float)
+    pred2 = view.pred.astype(float)
+    img2 = view.image.astype(float) if view.image is not None else None
     fig = Figure(figsize=(2.6, 2.6))
     ax = fig.add_subplot(111)
     if img2 is not None:
         vmin, vmax = np.percentile(img2, [1, 99]) if img2.size else (0, 1)
-        ax.imshow(img2, cmap="gray", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1, aspect=aspect, interpolation="nearest")
+        ax.imshow(img2, cmap="gray", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1, aspect=view.aspect,
+                  interpolation="nearest")
     else:
-        ax.imshow(ref2 * 0.35, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+        ax.imshow(ref2 * 0.35, cmap="gray", vmin=0, vmax=1, aspect=view.aspect, interpolation="nearest")
     if ref2.any() and min(ref2.shape) > 1:
         ax.contour(ref2, levels=[0.5], colors=["#00c040"], linewidths=1.2)
     if pred2.any() and min(pred2.shape) > 1:
@@ -185,5 +157,5 @@ def lesion_thumbnail_png(ref_mask: np.ndarray, pred_mask: np.ndarray, affine: np
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=7)
+        ax.set_title(title, fontsize=7, **_PLAIN_TEXT)
     return figure_png(fig, dpi=90)

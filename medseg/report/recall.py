@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from medseg.measure.lesions import LesionSlice
 from medseg.report.html import esc, fmt, page, png_img, section, table
 
 __all__ = ["render_recall_report", "recall_headline", "MAX_THUMBNAILS"]
@@ -32,18 +33,19 @@ def recall_headline(stats: dict[str, Any]) -> str:
 
 
 def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str, Any]],
-                         thumbnails: dict[tuple[str, str, int], bytes] | None = None) -> str:
+                         lesion_slices: dict[tuple[str, str, int], LesionSlice] | None = None) -> str:
     """The recall report page.
 
     Args:
         summary: the evaluation summary (``summary.json`` content; see :mod:`medseg.measure.evaluate`).
         lesion_rows: per reference lesion: ``case``, ``label``, ``label_name``, ``lesion_id``,
             ``volume_ml``, ``centroid_x_mm``…, ``detected``, ``covered_fraction``.
-        thumbnails: PNG bytes of missed lesions keyed by ``(case, label, lesion_id)``.
+        lesion_slices: axial slices through missed lesions keyed by ``(case, label, lesion_id)``;
+            the :data:`MAX_THUMBNAILS` largest missed lesions that have one are drawn.
     """
-    from medseg.report.plots import recall_by_size_png, wilson_interval
+    from medseg.report.plots import lesion_thumbnail_png, recall_by_size_png, wilson_interval
 
-    thumbnails = thumbnails or {}
+    lesion_slices = lesion_slices or {}
     names = summary.get("labels", {})
     body = []
     all_lesions = summary.get("lesions", {})
@@ -109,9 +111,10 @@ def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str
               _pct(r["covered_fraction"])] for r in missed]
     thumbs = []
     for r in missed:
-        png = thumbnails.get((str(r["case"]), str(r["label"]), int(r["lesion_id"])))
-        if png is None or len(thumbs) >= MAX_THUMBNAILS:
+        view = lesion_slices.get((str(r["case"]), str(r["label"]), int(r["lesion_id"])))
+        if view is None or len(thumbs) >= MAX_THUMBNAILS:
             continue
+        png = lesion_thumbnail_png(view)
         cap = (f"{r['case']} · {r.get('label_name', r['label'])} #{r['lesion_id']} · {r['volume_ml']:.3f} mL · "
                f"({r['centroid_x_mm']:.0f}, {r['centroid_y_mm']:.0f}, {r['centroid_z_mm']:.0f}) mm · "
                f"covered {_pct(r['covered_fraction'])}")

@@ -1,30 +1,84 @@
-"""Volume reports as HTML: one study (per-structure table and plots) and a batch (CSV + distributions)."""
+"""Volume reports (:func:`medseg.measure.compute_volumes`) as files: JSON, CSV and HTML for one
+study, CSV and HTML over many.
+
+The CSV has one row per structure (:data:`VOLUME_CSV_COLUMNS`; the batch CSV adds ``study``
+first and ``segmentation``, ``image`` last). The HTML page holds a per-structure table and plots.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from medseg.io.atomic import atomic_write_text
+from medseg.measure.inputs import case_name
+from medseg.report.formats import csv_text, json_ready
 from medseg.report.html import esc, fmt, page, png_img, section, table
 
-__all__ = ["render_volume_report", "render_batch_volume_report", "write_batch_volume_reports", "study_name",
-           "BATCH_CSV_COLUMNS"]
+__all__ = ["write_volume_report", "volume_report_rows", "render_volume_report", "render_batch_volume_report",
+           "write_batch_volume_reports", "study_name", "VOLUME_CSV_COLUMNS", "BATCH_CSV_COLUMNS"]
+
+VOLUME_CSV_COLUMNS = (
+    "structure", "label", "voxels", "volume_ml", "volume_ml_soft", "intensity_mean", "intensity_std",
+    "intensity_min", "intensity_max", "intensity_median", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm",
+    "touches_border",
+)
+BATCH_CSV_COLUMNS = ("study",) + VOLUME_CSV_COLUMNS + ("segmentation", "image")
 
 
 def study_name(report: dict[str, Any]) -> str:
-    """The study a report belongs to: ``case_id`` / ``study`` when set, else the segmentation's file name."""
+    """The study a report belongs to: ``case_id`` / ``study`` when set, else the segmentation's case name."""
     for key in ("case_id", "study"):
         if report.get(key):
             return str(report[key])
     seg = report.get("segmentation")
-    if not seg:
-        return "study"
-    name = Path(str(seg)).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return case_name(str(seg)) if seg else "study"
+
+
+def volume_report_rows(report: dict[str, Any], study: str | None = None) -> list[dict[str, Any]]:
+    """One flat row per structure (the CSV columns :data:`VOLUME_CSV_COLUMNS`, ``study`` first if given)."""
+    rows = []
+    for name, rec in report["structures"].items():
+        row: dict[str, Any] = {} if study is None else {"study": study}
+        row.update({"structure": name, "label": rec["label"], "voxels": rec["voxels"], "volume_ml": rec["volume_ml"],
+                    "volume_ml_soft": rec.get("volume_ml_soft")})
+        for key in ("mean", "std", "min", "max", "median"):
+            row[f"intensity_{key}"] = rec.get(f"intensity_{key}")
+        cen = rec.get("centroid_mm") or [None] * 3
+        box = rec.get("bbox_mm") or [[None] * 3, [None] * 3]
+        for axis, v in zip("xyz", cen):
+            row[f"centroid_{axis}_mm"] = v
+        for axis, v in zip("xyz", box[0]):
+            row[f"bbox_min_{axis}_mm"] = v
+        for axis, v in zip("xyz", box[1]):
+            row[f"bbox_max_{axis}_mm"] = v
+        row["touches_border"] = rec.get("touches_border")
+        rows.append(row)
+    return rows
+
+
+def write_volume_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write ``report`` as JSON (``.json``), CSV (``.csv``, one row per structure) or HTML (``.html``/``.htm``).
+
+    The file is written whole or not at all (temporary name, then rename). JSON numbers are
+    unrounded; NaN/inf become ``null``. Returns ``path``.
+
+    Raises:
+        ValueError: any other suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n"
+    elif suffix == ".csv":
+        text = csv_text(volume_report_rows(report), VOLUME_CSV_COLUMNS)
+    elif suffix in (".html", ".htm"):
+        text = render_volume_report(report)
+    else:
+        raise ValueError(f"{path}: unknown report format {path.suffix!r} (use .json, .csv or .html)")
+    return atomic_write_text(path, text)
 
 
 def render_volume_report(report: dict[str, Any]) -> str:
@@ -75,14 +129,6 @@ def render_volume_report(report: dict[str, Any]) -> str:
     return page(f"Volume report: {study_name(report)}", body)
 
 
-BATCH_CSV_COLUMNS = ("study",) + (
-    "structure", "label", "voxels", "volume_ml", "volume_ml_soft", "intensity_mean", "intensity_std",
-    "intensity_min", "intensity_max", "intensity_median", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm",
-    "touches_border", "segmentation", "image",
-)
-
-
 def render_batch_volume_report(reports: Sequence[dict[str, Any]]) -> str:
     """HTML page for many studies: per-structure summary table and distribution plots of volume."""
     import numpy as np
@@ -121,12 +167,16 @@ def write_batch_volume_reports(reports: Sequence[dict[str, Any]], csv_path: str 
     """Write one CSV row per study × structure and an HTML page with per-structure distributions.
 
     Args:
-        reports: volume report dicts (:func:`medseg.measure.volumes.compute_volumes`); the study
+        reports: volume report dicts (:func:`medseg.measure.compute_volumes`); the study
             name is ``report["case_id"]`` (or ``"study"``) when set, else the segmentation's file name.
         csv_path, html_path: output files (written atomically).
-    """
-    from medseg.measure.volumes import csv_text, volume_report_rows
 
+    Returns:
+        ``(csv_path, html_path)``.
+
+    Raises:
+        ValueError: no reports.
+    """
     if not reports:
         raise ValueError("write_batch_volume_reports needs at least one report")
     rows = []

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from medseg.io import read_label, write_volume
-from medseg.measure.evaluate import evaluate
-from medseg.report.plots import wilson_interval
+from medseg.measure import evaluate
+from medseg.report import wilson_interval, write_evaluation
 
 METRICS = {"Dice", "IoU", "TP", "FP", "FN", "TN", "n_pred", "n_ref", "HD95", "NSD"}
 
@@ -86,7 +86,8 @@ def test_evaluate_rejects_mismatched_grid_and_missing_prediction(shared_data, cl
 def test_kits_tumour_components_on_ipl_grid(shared_data, tmp_path):
     """KiTS case 1 (611×512×512 IPL, 0.5×0.92×0.92 mm): tumour of 7.3 mL in 3 components."""
     path = shared_data / "kits19_labels" / "case_00001" / "segmentation.nii.gz"
-    summary = evaluate(path, path, tmp_path / "out", labels={1: "kidney", 2: "tumour"})
+    summary, cases = evaluate(path, path, labels={1: "kidney", 2: "tumour"})
+    write_evaluation(summary, cases, tmp_path / "out")
     m = summary["metric_per_case"][0]["metrics"]
     assert m["1"]["Dice"] == 1.0 and m["2"]["HD95"] == 0.0 and m["2"]["NSD"] == 1.0
     les = summary["lesions"]["2"]

@@ -6,8 +6,6 @@ import csv
 import json
 import shutil
 
-import pytest
-
 
 def test_evaluate_flow_over_folders_and_manifest(prefect_harness, ms_eval_dirs, tmp_path):
     from flows.evaluate import evaluate_flow, evaluate_manifest_flow

@@ -93,3 +93,33 @@ def test_overlap_threshold(ms_gold):
     assert match_lesions(pred, ref, vol.affine, overlap=0.05).n_detected == 1
     with pytest.raises(ValueError, match="overlap"):
         match_lesions(pred, ref, vol.affine, overlap=0.0)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS"])
+def test_lesion_slice_is_radiological_and_owns_its_arrays(orientation):
+    """Anterior at the top, the patient's right on the left, whatever the voxel order; pixel aspect in mm."""
+    from medseg.measure.lesions import lesion_slice
+
+    shape = (40, 30, 10)
+    ref = np.zeros(shape, bool)
+    ref[10:20, 8:14, 3:6] = True
+    ref[15, 8:14, 7] = True  # a thinner slab above: the slice chosen is one through the bulk
+    pred = np.zeros(shape, bool)
+    sign = 1.0 if orientation == "RAS" else -1.0
+    affine = np.diag([sign * 0.5, sign * 2.0, 3.0, 1.0])
+    # The lesion's most anterior, most right voxel is marked in the prediction.
+    right_i = 19 if orientation == "RAS" else 10  # RAS: i grows toward the right; LPS: toward the left
+    anterior_j = 13 if orientation == "RAS" else 8
+    pred[right_i, anterior_j, 3:6] = True
+    image = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    view = lesion_slice(ref, pred, affine, [[10, 8, 3], [19, 13, 7]], image=image, margin_vox=2)
+    # Rows: j (y, anterior up), columns: i (x); the box with a 2-voxel margin.
+    assert view.ref.shape == view.pred.shape == view.image.shape == (6 + 4, 10 + 4)
+    assert view.aspect == 4.0  # 2 mm rows / 0.5 mm columns
+    assert view.ref.dtype == bool and view.image.dtype == np.int16
+    assert np.argwhere(view.pred).tolist() == [[2, 2]]  # top-left corner of the lesion
+    assert view.ref[2:8, 2:12].all() and view.ref.sum() == 60
+    assert all(a.flags.owndata for a in (view.ref, view.pred, view.image))  # no view of the volume
+    # The first of the slices holding most of the lesion (k = 3), rows j and columns i, flipped for RAS.
+    expected = image[8:22, 6:16, 3].T
+    np.testing.assert_array_equal(view.image, expected[::-1, ::-1] if orientation == "RAS" else expected)

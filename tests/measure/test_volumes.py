@@ -1,16 +1,14 @@
-"""Volume reports: TotalSegmentator's statistics reproduced; one-pass numbers equal per-label numpy."""
+"""Volumes: TotalSegmentator's statistics reproduced; one-pass numbers equal per-label numpy."""
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 
 import numpy as np
 import pytest
 
-from medseg.io import Volume, read_label, read_volume, write_nifti_array, write_volume
-from medseg.measure.volumes import compute_volumes, write_volume_report
+from medseg.io import Volume, read_label, write_nifti_array
+from medseg.measure import compute_volumes
 
 
 def test_cli_reproduces_totalsegmentator_statistics(shared_data, cli, tmp_path):
@@ -105,21 +103,9 @@ def test_default_labels_are_the_ids_present_and_soft_volumes():
         compute_volumes(Volume(seg, affine), probabilities=probs[:, :5])
 
 
-def test_report_formats_and_cli_errors(shared_data, cli, tmp_path):
+def test_cli_soft_volumes_and_errors(shared_data, cli, tmp_path):
     ct = shared_data / "ct_abdomen"
     seg = read_label(ct / "example_ct_sm_seg.nii.gz")
-    img = read_volume(ct / "example_ct_sm.nii.gz")
-    report = compute_volumes(seg, img, {5: "liver", 1: "spleen", 250: "nothing"})
-    write_volume_report(report, tmp_path / "r.json")
-    text = (tmp_path / "r.json").read_text()
-    assert "NaN" not in text and json.loads(text)["structures"]["nothing"]["intensity_mean"] is None
-    write_volume_report(report, tmp_path / "r.csv")
-    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
-    assert [r["structure"] for r in rows] == ["liver", "spleen", "nothing"]
-    assert float(rows[0]["volume_ml"]) == report["structures"]["liver"]["volume_ml"]  # full precision
-    assert rows[2]["intensity_mean"] == ""
-    with pytest.raises(ValueError, match="unknown report format"):
-        write_volume_report(report, tmp_path / "r.txt")
     # Soft volumes through the CLI from a real 4D probabilities file.
     probs = np.zeros(seg.shape + (6,), np.float32)
     probs[..., 5] = (seg.array == 5) * 0.5
@@ -171,7 +157,7 @@ def test_huge_label_ids_need_no_huge_tables():
 
 def test_find_volume_inputs_from_manifest_and_folder(tmp_path):
     from medseg.errors import InputError
-    from medseg.measure.volumes import find_volume_inputs
+    from medseg.measure import find_volume_inputs
 
     for name in ("s1_seg.nii.gz", "s1.nii.gz", "s2_seg.nii.gz", "s2.nii.gz"):
         (tmp_path / name).write_bytes(b"")
@@ -187,6 +173,9 @@ def test_find_volume_inputs_from_manifest_and_folder(tmp_path):
     segs.mkdir()
     (segs / "a.nii.gz").write_bytes(b"")
     assert find_volume_inputs(segs, tmp_path) == [("a", segs / "a.nii.gz", None)]
+    (tmp_path / "a_0000.nii.gz").write_bytes(b"")  # nnU-Net's name of channel 0 of case a
+    assert find_volume_inputs(segs, tmp_path) == [("a", segs / "a.nii.gz", tmp_path / "a_0000.nii.gz")]
+    assert find_volume_inputs(segs / "a.nii.gz", tmp_path) == [("a", segs / "a.nii.gz", tmp_path / "a_0000.nii.gz")]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no label maps"):
         find_volume_inputs(tmp_path / "empty")
