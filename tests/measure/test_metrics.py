@@ -81,3 +81,25 @@ def test_case_metrics_counts_match_brute_force_and_border_surfaces():
     assert hd95(full, full, (1, 1, 1)) == 0.0
     with pytest.raises(ValueError, match="spacing"):
         hd95(full, full, (1, 1))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecation notice inside get_mask_edges
+def test_hd95_and_nsd_equal_monai():
+    """HD95 and NSD follow MONAI's definitions (surface voxels, 95th percentile, counted surface voxels)."""
+    monai_metrics = pytest.importorskip("monai.metrics")
+    import torch
+
+    rng = np.random.default_rng(0)
+    for spacing, shift in [((1.0, 1.0, 1.0), (3, 0, 0)), ((0.5, 1.0, 3.0), (4, 2, 1)), ((2.0, 0.7, 0.7), (1, 5, 3))]:
+        shape = tuple(int(round(40 / s)) for s in spacing)
+        centre = [n / 2 for n in shape]
+        a = sphere(shape, centre, 10, spacing)
+        b = sphere(shape, [c + s for c, s in zip(centre, shift)], 9, spacing) | (rng.random(shape) < 0.0005)
+        ta, tb = (torch.from_numpy(m[None, None].astype(np.float32)) for m in (a, b))
+        theirs_hd = monai_metrics.compute_hausdorff_distance(ta, tb, include_background=True, percentile=95,
+                                                             spacing=list(spacing)).item()
+        theirs_nsd = monai_metrics.compute_surface_dice(ta, tb, class_thresholds=[2.0], include_background=True,
+                                                        spacing=list(spacing)).item()
+        assert hd95(a, b, spacing) == pytest.approx(theirs_hd, rel=1e-6)
+        assert nsd(a, b, spacing, tolerance_mm=2.0) == pytest.approx(theirs_nsd, rel=1e-6)
+        assert 0 < theirs_nsd < 1 and theirs_hd > 1
