@@ -50,7 +50,7 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_text
 from medseg.plans import ModelPlans
 from medseg.preprocess import PreprocessConfig
-from medseg.runtime import Runtime
+from medseg.runtime import Runtime, resolve_runtime
 from medseg.training.config import TrainConfig
 
 __all__ = ["train", "CHECKPOINT_DIR", "LAST_CHECKPOINT", "BEST_CHECKPOINT", "make_lr_lambda", "build_model_plans"]
@@ -313,8 +313,6 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
         ValueError: settings of the config: no manifest, an autocast impossible on the device,
             model options.
     """
-    from medseg.runtime import resolve_runtime
-
     out_dir = Path(out_dir)
     manifest = Path(manifest) if manifest is not None else config.data.manifest
     if manifest is None:
