@@ -4,6 +4,13 @@
 ``split`` is ``train``, ``val`` or ``test``. Relative paths are relative to the manifest's
 folder and must stay inside ``root`` (default: that folder) unless ``allow_outside=True``.
 
+A path may instead start with ``${MEDSEG_SHARED_DATA}/``: it is then relative to the shared
+data folder of :func:`shared_data_dir` (the environment variable ``MEDSEG_SHARED_DATA``, else
+``../shared/data`` beside the repository), which counts as an allowed root for such paths just
+as the manifest's folder does for the others: ``${MEDSEG_SHARED_DATA}/../x`` is refused like
+``../x`` is. Example manifests that point at the shared test data (``data_manifests/``) work
+this way wherever the checkout lies.
+
 :func:`import_msd` turns a Medical Segmentation Decathlon / nnU-Net ``dataset.json`` into a
 manifest (paths confined to the dataset's folder in the same way).
 """
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +28,48 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 
 __all__ = ["ManifestRow", "read_manifest", "write_manifest", "read_msd", "read_msd_labels", "import_msd",
-           "SPLITS", "MANIFEST_COLUMNS"]
+           "shared_data_dir", "SPLITS", "MANIFEST_COLUMNS", "SHARED_DATA_ENV", "SHARED_DATA_PREFIX"]
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("case_id", "image", "label", "split", "modality")
+SHARED_DATA_ENV = "MEDSEG_SHARED_DATA"
+SHARED_DATA_PREFIX = "${" + SHARED_DATA_ENV + "}/"
+
+
+def _repository_root() -> Path:
+    """The main working tree of the git repository this package lies in (its checkout otherwise).
+
+    A linked worktree (``git worktree add``, anywhere on disk) has a ``.git`` file pointing at
+    ``<main>/.git/worktrees/<name>``, whose ``commondir`` leads back to ``<main>/.git``.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    dot_git = checkout / ".git"
+    if dot_git.is_file():
+        try:
+            text = dot_git.read_text(encoding="utf-8").strip()
+        except OSError:
+            return checkout
+        if text.startswith("gitdir:"):
+            gitdir = (checkout / text[len("gitdir:"):].strip()).resolve()
+            common = gitdir / "commondir"
+            if common.is_file():
+                try:
+                    main_git = (gitdir / common.read_text(encoding="utf-8").strip()).resolve()
+                except OSError:
+                    return checkout
+                if main_git.name == ".git":
+                    return main_git.parent
+    return checkout
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder (absolute): ``$MEDSEG_SHARED_DATA`` when set, else
+    ``<repository root>/../shared/data``, the repository root being the main working tree even
+    when this package runs from a linked git worktree elsewhere. It may not exist."""
+    env = os.environ.get(SHARED_DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    return (_repository_root().parent / "shared" / "data").resolve()
 
 
 @dataclass(frozen=True)
@@ -39,7 +85,14 @@ class ManifestRow:
 
 
 def _resolve(manifest: Path, base: Path, root: Path, value: str, allow_outside: bool, line: int) -> Path:
-    p = Path(value.strip())
+    text = value.strip()
+    if text.startswith(SHARED_DATA_PREFIX):
+        shared = shared_data_dir()
+        resolved = (shared / text[len(SHARED_DATA_PREFIX):]).resolve()
+        if not allow_outside and not (resolved.is_relative_to(shared) or resolved.is_relative_to(root)):
+            raise InputError(manifest, f"line {line}: path {value!r} escapes the shared data folder {shared}")
+        return resolved
+    p = Path(text)
     if p.is_absolute() and not allow_outside:
         raise InputError(manifest, f"line {line}: absolute path {value!r} not allowed "
                          "(use paths relative to the manifest, or allow absolute paths explicitly)")
@@ -55,7 +108,8 @@ def read_manifest(path: str | Path, *, root: str | Path | None = None, allow_out
 
     Args:
         path: the CSV file.
-        root: folder every path must stay inside (default: the manifest's folder).
+        root: folder every relative path must stay inside (default: the manifest's folder);
+            ``${MEDSEG_SHARED_DATA}/`` paths may also lie inside :func:`shared_data_dir`.
         allow_outside: accept absolute paths and paths outside ``root``.
         check_exists: require every image and label file to exist.
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from medseg.manifest import shared_data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MEDSEG_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+SHARED_DATA = shared_data_dir()
 
 # Subprocesses (`python -m medseg ...`) import this checkout, whatever is installed.
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])

@@ -100,7 +100,7 @@ def child_monai(steps: int, warmup: int, autocast: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     cfg = _config(steps, autocast, threads, False, warmup)
     manifest = cfg.data.manifest
-    rows = read_manifest(manifest, root=(manifest.parent / cfg.data.root).resolve())
+    rows = read_manifest(manifest)
     files = [{"image": [str(p) for p in r.images], "label": str(r.label)} for r in rows if r.split == "train"]
     keys = ["image", "label"]
     patch = tuple(cfg.patch_size)
@@ -210,9 +210,9 @@ def main() -> None:
         print(json.dumps(res))
         return
 
-    from medseg.training.trainer import _thread_count
+    from medseg.runtime import default_threads
 
-    threads = args.threads or _thread_count("auto")
+    threads = args.threads or default_threads()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     print(f"threads {threads}, load average {load_before[0]:.1f}", flush=True)

@@ -32,18 +32,20 @@ def crf(
     iterations: Optional[int] = typer.Option(None, "--iterations", min=0, max=100, help="Mean-field iterations (default 5)."),
     probabilities_out: Optional[Path] = typer.Option(None, "--probabilities-out",
                                                      help="Also write the refined 4D probabilities (float32)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """Refine network probabilities with a fully connected 3D CRF; write the label map (argmax)."""
     import numpy as np
 
-    from medseg.errors import InputError
+    from medseg.errors import InputError, MedsegError
     from medseg.io import read_volume, write_nifti_array, write_volume
     from medseg.postprocess.crf import CRFConfig, dense_crf
+    from medseg.runtime import resolve_runtime
 
     modality = modality.lower()
     if modality not in ("ct", "mr", "auto"):
-        raise InputError(None, f"--modality must be ct, mr or auto, not {modality!r}")
+        raise MedsegError(f"--modality must be ct, mr or auto, not {modality!r}")
+    runtime = resolve_runtime(device, threads=None)  # a misspelt or absent device fails before any reading
     for out in [output] + ([probabilities_out] if probabilities_out else []):
         if out.resolve() in (image.resolve(), probabilities.resolve()):
             raise InputError(out, "output would overwrite an input; choose another name")
@@ -54,25 +56,13 @@ def crf(
     from medseg.io.probabilities import read_probabilities
 
     probs = read_probabilities(probabilities, vol)
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda requested but no CUDA device is available")
     mod = guess_modality(vol.array) if modality == "auto" else modality.upper()
     overrides = {} if iterations is None else {"iterations": iterations}
     cfg = CRFConfig.for_modality(mod, **overrides)
     stage(f"dense CRF ({mod}, {cfg.iterations} iterations, {probs.shape[3]} classes, {vol.shape})")
     k = probs.shape[3]
-    import os
-
-    try:  # on a busy machine, spinning OpenMP threads slow everyone down (one thread is faster)
-        if os.getloadavg()[0] > (os.cpu_count() or 1):
-            torch.set_num_threads(1)
-    except OSError:
-        pass
-    refined = dense_crf(vol.array, np.moveaxis(probs, -1, 0), vol.spacing, cfg, device=device)
+    with runtime.activate():  # medseg.runtime.default_threads: 2 CPU threads, 1 on a busy machine
+        refined = dense_crf(vol.array, np.moveaxis(probs, -1, 0), vol.spacing, cfg, device=runtime.device)
     labels = refined.argmax(axis=0).astype(np.uint8 if k <= 256 else np.uint16)
     stage(f"writing {output}")
     header = vol.meta.get("nifti_header")

@@ -19,12 +19,12 @@ def train_command(
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (overrides data.manifest of the config)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run / model directory to write (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     stop_after_steps: Optional[int] = typer.Option(None, "--stop-after-steps", min=1,
                                                    help="End after this many steps of the run (checkpointed); continue with --resume."),
 ) -> None:
     """Train a segmentation model from a YAML config and write its model directory."""
-    from medseg.errors import InputError
+    from medseg.errors import InputError, MedsegError
     from medseg.training import load_train_config, train
 
     cfg = load_train_config(config)
@@ -33,8 +33,8 @@ def train_command(
     try:
         model_dir = train(cfg, manifest=manifest, out_dir=run_dir, resume=resume, device=device, progress=True,
                           stop_after_steps=stop_after_steps)
-    except InputError:
+    except MedsegError:  # an input file, or the device (DeviceError): each says what it is about
         raise
-    except (ValueError, FloatingPointError) as exc:  # settings a person chose (device, model options, lr, ...)
+    except (ValueError, FloatingPointError) as exc:  # the config's settings (manifest, autocast, model options, lr)
         raise InputError(config, str(exc)) from None
     typer.echo(str(model_dir))

@@ -12,10 +12,12 @@ Pipeline per study: the model's own preprocessing (orientation, spacing, intensi
 Gaussian-blended sliding windows, streamed in slabs along the last axis (the accumulator never
 holds the whole study's class scores) → per-class trilinear resampling back to the input grid,
 slab by slab, with the argmax taken at once → the inverse orientation.
+
+Device, autocast and CPU threads follow :mod:`medseg.runtime` (the predictor holds a
+:class:`~medseg.runtime.Runtime` and activates it around its work).
 """
 
-from medseg.inference.device import DeviceError, autocast_dtype, resolve_device
 from medseg.inference.predictor import Prediction, Predictor
 from medseg.inference.segment import segment_file
 
-__all__ = ["Predictor", "Prediction", "segment_file", "resolve_device", "autocast_dtype", "DeviceError"]
+__all__ = ["Predictor", "Prediction", "segment_file"]

@@ -15,6 +15,7 @@ from medseg.errors import InputError
 from medseg.io.volume import Volume
 from medseg.plans import PLANS_FILE, WEIGHTS_FILE, ModelPlans, load_plans
 from medseg.preprocess import InverseInfo, preprocess_case
+from medseg.runtime import Runtime
 
 __all__ = ["Predictor", "Prediction", "KEEP_PROBABILITIES_AUTO_BYTES"]
 
@@ -97,6 +98,7 @@ class Prediction:
     _network_scores: np.ndarray | None = field(default=None, repr=False)
     _inverse: InverseInfo | None = field(default=None, repr=False)
     _input_grid_scores: np.ndarray | None = field(default=None, repr=False)
+    _runtime: Runtime | None = field(default=None, repr=False)
 
     @property
     def n_classes(self) -> int:
@@ -138,9 +140,10 @@ class Prediction:
         resampler = SlabResampler(self._inverse.resampled_shape, self._inverse.oriented_shape, k)
         step = 8
         slabs = ((z, scores[..., z:z + step].astype(np.float32)) for z in range(0, scores.shape[-1], step))
-        for _, slab in _uncropped_slabs(slabs, self._inverse, k):
-            for oz, chunk in resampler.push(slab):
-                oriented[:, :, oz:oz + chunk.shape[-1], :] = np.moveaxis(chunk, 0, -1)
+        with self._runtime.activate() if self._runtime is not None else contextlib.nullcontext():
+            for _, slab in _uncropped_slabs(slabs, self._inverse, k):
+                for oz, chunk in resampler.push(slab):
+                    oriented[:, :, oz:oz + chunk.shape[-1], :] = np.moveaxis(chunk, 0, -1)
         out = _to_input_axes(oriented, self._inverse)
         self.timings["probabilities"] = time.perf_counter() - t0
         return out
@@ -156,31 +159,49 @@ class Prediction:
                              f"not {probabilities.shape}")
         labels = probabilities.argmax(axis=0).astype(self.labels.array.dtype)
         return Prediction(labels=self.labels.with_array(labels), label_names=self.label_names, image=self.image,
-                          timings=dict(self.timings), _input_grid_scores=probabilities)
+                          timings=dict(self.timings), _input_grid_scores=probabilities, _runtime=self._runtime)
 
 
 class Predictor:
-    """A model directory loaded once: segments any number of studies.
+    """A network and its plans: segments any number of studies.
 
-    Build it with :meth:`from_model_dir`. The network is put in eval mode at load (never in
-    :meth:`predict`); windows run on ``device`` (GPU or CPU), stitching and resampling on the CPU.
+    Build it with :meth:`from_model_dir` (a model directory, loaded once), or directly around a
+    network already on ``runtime.device`` (the trainer validates this way). The caller sets the
+    network's mode: :meth:`from_model_dir` puts it in eval mode at load; :meth:`predict` never
+    changes it. Windows run on ``runtime.device`` (GPU or CPU) under ``runtime``'s autocast,
+    stitching and resampling on the CPU; :meth:`predict` and :meth:`window_scores` run inside
+    ``runtime.activate()`` (its CPU threads, the caller's count restored afterwards).
+
+    Args:
+        net: ``nn.Module`` mapping ``(B, C, *patch)`` to logits ``(B, K, *patch)`` (2D or 3D, as in
+            ``plans.model.spatial_dims``), its parameters on ``runtime.device``.
+        plans: the model's :class:`~medseg.plans.ModelPlans` (preprocessing, patch, slice axis, labels).
+        runtime: device, autocast and threads (:func:`medseg.runtime.resolve_runtime`).
+        tta: mirror test-time augmentation by default.
+        overlap: window overlap fraction (default: ``plans.inference.overlap``).
+        window_batch: windows per forward pass.
+        model_dir: where the model came from (for messages), if anywhere.
     """
 
-    def __init__(self, net, plans: ModelPlans, *, device, autocast: str = "none", tta: bool = False,
+    def __init__(self, net, plans: ModelPlans, *, runtime: Runtime, tta: bool = False,
                  overlap: float | None = None, window_batch: int = 2, model_dir: str | None = None):
-        from medseg.inference.device import autocast_dtype
         from medseg.inference.sliding_window import gaussian_importance
 
+        if not isinstance(runtime, Runtime):
+            raise TypeError(f"runtime must be a medseg.runtime.Runtime (see resolve_runtime), not "
+                            f"{type(runtime).__name__}")
         if window_batch < 1:
             raise ValueError(f"window_batch must be at least 1, not {window_batch}")
         overlap = plans.inference.overlap if overlap is None else float(overlap)
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+        param = next(iter(net.parameters()), None)
+        if param is not None and param.device != runtime.device:
+            raise ValueError(f"the network's parameters are on {param.device}, the runtime's device is "
+                             f"{runtime.device}: move the network there first")
         self.net = net
         self.plans = plans
-        self.device = device
-        self.autocast = autocast
-        self.autocast_dtype = autocast_dtype(device.type, autocast)
+        self.runtime = runtime
         self.tta = bool(tta)
         self.overlap = overlap
         self.window_batch = int(window_batch)
@@ -206,6 +227,11 @@ class Predictor:
         window.insert(axis, 1)
         return tuple(window)  # type: ignore[return-value]
 
+    @property
+    def device(self):
+        """The ``torch.device`` the windows run on (``runtime.device``)."""
+        return self.runtime.device
+
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", autocast: str = "none",
                        tta: bool = False, overlap: float | None = None, window_batch: int = 2,
@@ -215,21 +241,25 @@ class Predictor:
         Args:
             model_dir: a model directory (see :mod:`medseg.plans`).
             device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-            autocast: ``"none"`` (float32), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA only).
+            autocast: ``"none"`` (float32), ``"bf16"`` (CPU or CUDA), ``"fp16"`` (CUDA only) or
+                ``"auto"`` (bf16 on CUDA, none on the CPU).
             tta: mirror test-time augmentation (every combination of flips of the spatial axes,
                 probabilities averaged): 8× the work in 3D, 4× in 2D.
             overlap: window overlap fraction (default: the model's ``plans.inference.overlap``).
             window_batch: windows per forward pass.
-            num_threads: torch CPU threads; on the CPU the default is 2 (the fastest setting on
-                small machines; more threads were slower here).
+            num_threads: torch CPU threads while predicting (``None``:
+                :func:`medseg.runtime.default_threads`, 2, or 1 on a busy machine). Set only
+                inside :meth:`predict` and :meth:`window_scores`, never for the whole process.
 
         Raises:
             InputError: not a model directory, unreadable weights, weights that do not fit the
                 architecture in ``plans.json``.
-            DeviceError: CUDA asked for and absent.
+            DeviceError: a misspelt device, or CUDA asked for and absent.
+            ValueError: an autocast mode impossible on the device (fp16 on the CPU), bad threads.
         """
-        from medseg.inference.device import autocast_dtype, resolve_device
+        from medseg.runtime import resolve_runtime
 
+        runtime = resolve_runtime(device, autocast, num_threads)  # fail before the load
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise InputError(model_dir, "model directory does not exist" if not model_dir.exists()
@@ -242,10 +272,6 @@ class Predictor:
 
         from medseg.models import create_model
 
-        dev = resolve_device(device)
-        autocast_dtype(dev.type, autocast)  # fail before the load when the mode is impossible here
-        if dev.type == "cpu" or num_threads is not None:
-            torch.set_num_threads(int(num_threads or 2))
         spec = plans.model
         try:
             net = create_model(spec.name, spatial_dims=spec.spatial_dims, in_channels=spec.in_channels,
@@ -266,9 +292,9 @@ class Predictor:
             raise InputError(weights, "weights do not fit the architecture in plans.json "
                              f"({' '.join(line.strip() for line in first[:2])[:300]})") from None
         net.eval()
-        net.to(dev)
-        return cls(net, plans, device=dev, autocast=autocast, tta=tta, overlap=overlap,
-                   window_batch=window_batch, model_dir=str(model_dir))
+        net.to(runtime.device)
+        return cls(net, plans, runtime=runtime, tta=tta, overlap=overlap, window_batch=window_batch,
+                   model_dir=str(model_dir))
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -291,9 +317,12 @@ class Predictor:
     def window_scores(self, batch: np.ndarray, *, tta: bool | None = None) -> np.ndarray:
         """Network on a batch of windows: ``(B, C, px, py, pz)`` → softmax ``(B, K, px, py, pz)``
         float32 multiplied by the Gaussian window weights (computed on the device)."""
+        with self.runtime.activate():
+            return self._window_scores(batch, self.tta if tta is None else tta)
+
+    def _window_scores(self, batch: np.ndarray, tta: bool) -> np.ndarray:
         import torch
 
-        tta = self.tta if tta is None else tta
         dev = self.device
         if self._importance_t is None:
             self._importance_t = torch.from_numpy(self._importance).to(dev)
@@ -307,11 +336,9 @@ class Predictor:
         flips = self._flip_sets(tta)
         total = None
         with torch.inference_mode():
-            ctx = (torch.autocast(device_type=dev.type, dtype=self.autocast_dtype)
-                   if self.autocast_dtype is not None else contextlib.nullcontext())
             for dims in flips:
                 xin = torch.flip(x, dims) if dims else x
-                with ctx:
+                with self.runtime.autocast():
                     logits = self.net(xin)
                 probs = torch.softmax(logits.float(), dim=1)
                 if dims:
@@ -341,6 +368,10 @@ class Predictor:
         Returns:
             :class:`Prediction` whose ``labels`` lie on the input's exact grid.
         """
+        with self.runtime.activate():
+            return self._predict(images, self.tta if tta is None else bool(tta), keep_probabilities)
+
+    def _predict(self, images: Volume | Sequence[Volume], tta: bool, keep_probabilities: bool | None) -> Prediction:
         from medseg.inference.resample import SlabResampler
         from medseg.inference.sliding_window import iter_probability_slabs
 
@@ -371,7 +402,7 @@ class Predictor:
         t0 = time.perf_counter()
 
         def network_slabs() -> Iterator[tuple[int, np.ndarray]]:
-            for z0, slab in iter_probability_slabs(case.image, lambda b: self.window_scores(b, tta=tta), k,
+            for z0, slab in iter_probability_slabs(case.image, lambda b: self._window_scores(b, tta), k,
                                                    self.window, overlap=self.overlap,
                                                    window_batch=self.window_batch, importance=self._importance):
                 if kept is not None:
@@ -395,4 +426,4 @@ class Predictor:
         seg = Volume(array=labels, affine=ref.affine.copy(), source=None,
                      meta={k_: v for k_, v in ref.meta.items() if k_ in ("nifti_header", "dicom", "format")})
         return Prediction(labels=seg, label_names=self.label_names, image=ref, timings=timings,
-                          _network_scores=kept, _inverse=inverse)
+                          _network_scores=kept, _inverse=inverse, _runtime=self.runtime)

@@ -15,7 +15,9 @@ Minimal example (``configs/phantom_unet3d.yaml`` has every section)::
       preprocess: {target_spacing: [4, 4, 4], intensity: [{kind: ct, window: [-150, 250]}]}
 
 Relative paths: ``data.manifest`` is relative to the YAML file's folder; ``data.root`` (the
-folder every manifest path must stay inside) is relative to the manifest's folder.
+folder every relative manifest path must stay inside) is relative to the manifest's folder.
+Manifest paths starting with ``${MEDSEG_SHARED_DATA}/`` lie in the shared data folder instead
+(see :mod:`medseg.manifest`).
 """
 
 from __future__ import annotations
@@ -88,7 +90,12 @@ class ScheduleConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
-    """Sliding-window validation on the ``val`` cases every ``every_epochs`` epochs (and at the end)."""
+    """Validation on the ``val`` cases every ``every_epochs`` epochs (and at the end), through
+    :class:`medseg.inference.Predictor` on each case's original volumes.
+
+    ``overlap``: window overlap fraction (also the model directory's default,
+    ``plans.inference.overlap``); ``sw_batch_size``: windows per forward pass.
+    """
 
     every_epochs: int = Field(1, ge=1)
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
@@ -147,10 +154,11 @@ class TrainConfig(_Strict):
 
     ``autocast``: ``auto`` is bf16 (fp16 with loss scaling where bf16 is unsupported) on CUDA and
     none on CPU; ``bf16`` on CPU about doubles U-Net speed. ``num_threads``: torch CPU threads
-    during training (restored afterwards); ``auto`` is 2 (at most the CPU count), or 1 when the
-    machine is already busy (1-minute load average above the CPU count), where several
-    spinning threads per process slow everyone down many times over. Results are bit-exact
-    only for a fixed thread count: pin it when comparing runs.
+    during training and validation (restored afterwards); ``auto`` is
+    :func:`medseg.runtime.default_threads`: 2 (at most the CPU count), or 1 when the machine is
+    already busy (1-minute load average above the CPU count), where several spinning threads per
+    process slow everyone down many times over. Results are bit-exact only for a fixed thread
+    count: pin it when comparing runs.
     """
 
     @field_validator("num_threads")

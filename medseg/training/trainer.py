@@ -7,10 +7,19 @@ Run directory (= the model directory, see :mod:`medseg.plans`)::
       plans.json           # ModelPlans: model spec, resolved preprocessing, patch size, slice axis
       labels.json
       config.yaml          # the resolved training config
-      training_log.csv     # one row per epoch: loss, lr, samples/s, validation Dice per class
+      training_log.csv     # one row per epoch: loss, lr, samples/s, validation Dice per class (and region)
       training_log.json    # the same rows plus a summary
       checkpoints/last.pt  # full training state (resume); written every checkpoint_every_steps
       checkpoints/best.pt  # best-validation weights, step and metric
+
+Validation segments each ``val`` case from its original volumes with :class:`medseg.inference.Predictor`
+around the network being trained, with the plans ``plans.json`` will hold (:func:`build_model_plans`):
+exactly what ``medseg segment`` would do with the model directory at that step. Dice compares the
+labels on the input's grid with the reference label map (:mod:`medseg.measure.metrics`); the best
+``val_dice_mean`` (mean over the labels) picks ``model.pt``.
+
+Device, autocast and torch CPU threads follow :mod:`medseg.runtime` (activated for the run,
+the caller's thread count restored afterwards).
 
 Every file is written atomically (temporary name, then ``os.replace``), so a kill at any
 moment leaves the previous checkpoint whole and loses at most the steps since it.
@@ -39,10 +48,12 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_text
+from medseg.plans import ModelPlans
+from medseg.preprocess import PreprocessConfig
+from medseg.runtime import Runtime, resolve_runtime
 from medseg.training.config import TrainConfig
 
-__all__ = ["train", "CHECKPOINT_DIR", "LAST_CHECKPOINT", "BEST_CHECKPOINT", "dice_per_class", "make_lr_lambda",
-           "select_device", "autocast_dtype"]
+__all__ = ["train", "CHECKPOINT_DIR", "LAST_CHECKPOINT", "BEST_CHECKPOINT", "make_lr_lambda", "build_model_plans"]
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -50,34 +61,6 @@ BEST_CHECKPOINT = "best.pt"
 _CHECKPOINT_FORMAT = 1
 # settings that may change between an interrupted run and its resumption
 _RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every_steps", "num_threads"}
-
-
-def select_device(device: str):
-    """``auto`` → CUDA when available, else CPU; ``cpu``/``cuda`` as asked (error when absent)."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available (use --device cpu or auto)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def autocast_dtype(mode: str, device) -> Any:
-    """The autocast dtype for a config's ``autocast`` on ``device`` (None: full precision)."""
-    import torch
-
-    if mode == "none":
-        return None
-    if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if mode == "fp16" and device.type != "cuda":
-        raise ValueError("autocast 'fp16' needs CUDA; on CPU use 'bf16' or 'none'")
-    return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
 def make_lr_lambda(cfg: TrainConfig):
@@ -97,21 +80,6 @@ def make_lr_lambda(cfg: TrainConfig):
         return sched.min_lr_fraction + (1.0 - sched.min_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     return factor
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict[int, float]:
-    """Dice of each label between two label maps (NaN where both are empty)."""
-    out = {}
-    for lab in labels:
-        p, r = pred == lab, ref == lab
-        denom = int(p.sum()) + int(r.sum())
-        out[lab] = float("nan") if denom == 0 else 2.0 * float(np.logical_and(p, r).sum()) / denom
-    return out
-
-
-def _dice_mask(p: np.ndarray, r: np.ndarray) -> float:
-    denom = int(p.sum()) + int(r.sum())
-    return float("nan") if denom == 0 else 2.0 * float(np.logical_and(p, r).sum()) / denom
 
 
 # ----------------------------------------------------------------------------------------- state
@@ -191,43 +159,54 @@ def _write_log(rows: list[dict], out_dir: Path, summary: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ validation
-def _predict_volume(model, image: np.ndarray, cfg: TrainConfig, device, amp_dtype):
-    """Sliding-window label map ``(X, Y, Z)`` of one preprocessed case ``(C, X, Y, Z)``."""
-    import torch
-    from monai.inferers import sliding_window_inference
+def build_model_plans(config: TrainConfig, pre: PreprocessConfig) -> ModelPlans:
+    """The run's :class:`~medseg.plans.ModelPlans`: what ``plans.json`` holds and validation predicts with.
 
-    x = torch.from_numpy(image).to(device)
-    roi = tuple(cfg.patch_size)
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        if cfg.model.spatial_dims == 3:
-            logits = sliding_window_inference(x[None], roi, cfg.validation.sw_batch_size, model,
-                                              overlap=cfg.validation.overlap)
-            return logits[0].float().argmax(0).cpu().numpy()
-        axis = cfg.data.slice_axis
-        slices = x.movedim(1 + axis, 0)  # (S, C, H, W)
-        preds = []
-        for start in range(0, slices.shape[0], 16):
-            chunk = slices[start:start + 16]
-            logits = sliding_window_inference(chunk, roi, cfg.validation.sw_batch_size, model,
-                                              overlap=cfg.validation.overlap)
-            preds.append(logits.float().argmax(1))
-        return torch.cat(preds).movedim(0, axis).cpu().numpy()
+    ``pre`` is the resolved preprocessing (CT windows fitted on the training cases). The patch
+    size and overlap are the config's; 2D models record ``data.slice_axis``.
+    """
+    from medseg.plans import InferenceDefaults, ModelSpec
+
+    spec = ModelSpec(name=config.model.name, spatial_dims=config.model.spatial_dims,
+                     in_channels=len(config.data.channels), out_channels=config.num_classes,
+                     options=config.model.options)
+    inference = InferenceDefaults(patch_size=tuple(config.patch_size), overlap=config.validation.overlap,
+                                  slice_axis=config.data.slice_axis if config.model.spatial_dims == 2 else None)
+    return ModelPlans(model=spec, preprocess=pre, inference=inference, labels=dict(config.data.labels),
+                      channel_names=list(config.data.channels))
 
 
-def _validate(model, val_cases, cfg: TrainConfig, device, amp_dtype) -> dict[str, float]:
-    model.eval()
+def _dice(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict[int, float]:
+    """Dice per label of two label maps (NaN where both are empty), from medseg's metrics."""
+    from medseg.measure.metrics import confusion_counts, overlap_metrics
+
+    counts = confusion_counts(pred, ref, labels)
+    return {lab: float(overlap_metrics(c["TP"], c["FP"], c["FN"], c["TN"])["Dice"]) for lab, c in counts.items()}
+
+
+def _validate(model, predictor, val_cases, cfg: TrainConfig) -> dict[str, float]:
+    """Validation Dice of ``model`` (in eval mode meanwhile) through ``predictor`` on the original volumes.
+
+    Columns: ``val_dice_<label name>`` (mean over cases), ``val_dice_mean`` (mean of those),
+    ``val_dice_foreground`` (every label against background) and ``val_dice_<region>``.
+    """
     labels = list(cfg.data.labels)
     per_class: dict[int, list[float]] = {lab: [] for lab in labels}
     fg: list[float] = []
     regions: dict[str, list[float]] = {name: [] for name in cfg.data.regions}
-    for case in val_cases:
-        pred = _predict_volume(model, case.image, cfg, device, amp_dtype)
-        for lab, d in dice_per_class(pred, case.label, labels).items():
-            per_class[lab].append(d)
-        fg.append(_dice_mask(pred > 0, case.label > 0))
-        for name, ids in cfg.data.regions.items():
-            regions[name].append(_dice_mask(np.isin(pred, ids), np.isin(case.label, ids)))
-    model.train()
+    model.eval()
+    try:
+        for case in val_cases:
+            pred = predictor.predict(list(case.images), tta=False, keep_probabilities=False).labels.array
+            ref = case.label.array
+            for lab, d in _dice(pred, ref, labels).items():
+                per_class[lab].append(d)
+            fg.append(_dice((pred > 0).astype(np.uint8), (ref > 0).astype(np.uint8), [1])[1])
+            for name, ids in cfg.data.regions.items():
+                regions[name].append(_dice(np.isin(pred, ids).astype(np.uint8), np.isin(ref, ids).astype(np.uint8),
+                                           [1])[1])
+    finally:
+        model.train()
 
     def mean(v):
         v = [x for x in v if not math.isnan(x)]
@@ -272,7 +251,8 @@ def _split_crf_rnn_weights(weights: dict) -> tuple[dict, dict | None]:
     return net, {k: v.tolist() for k, v in crf.items()}
 
 
-def _write_model_dir(out_dir: Path, cfg: TrainConfig, pre, weights: dict, log_rows: list[dict], summary: dict) -> None:
+def _write_model_dir(out_dir: Path, cfg: TrainConfig, plans: ModelPlans, weights: dict, log_rows: list[dict],
+                     summary: dict) -> None:
     import torch
 
     weights, crf_params = _split_crf_rnn_weights(weights)
@@ -283,20 +263,14 @@ def _write_model_dir(out_dir: Path, cfg: TrainConfig, pre, weights: dict, log_ro
         atomic_write_text(out_dir / "crf_rnn.json", json.dumps(
             {"config": json.loads(cfg.crf_rnn.model_dump_json()), "learned": learned}, indent=2))
 
-    from medseg.plans import WEIGHTS_FILE, InferenceDefaults, ModelPlans, ModelSpec, save_plans
+    from medseg.plans import WEIGHTS_FILE, save_plans
 
-    spec = ModelSpec(name=cfg.model.name, spatial_dims=cfg.model.spatial_dims, in_channels=len(cfg.data.channels),
-                     out_channels=cfg.num_classes, options=cfg.model.options)
-    plans = ModelPlans(model=spec, preprocess=pre,
-                       inference=InferenceDefaults(patch_size=tuple(cfg.patch_size), overlap=cfg.validation.overlap,
-                                                   slice_axis=cfg.data.slice_axis if cfg.model.spatial_dims == 2 else None),
-                       labels=dict(cfg.data.labels), channel_names=list(cfg.data.channels))
     buf = io.BytesIO()
     torch.save(weights, buf)
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         tmp.write_bytes(buf.getvalue())
     save_plans(plans, out_dir)
-    resolved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"preprocess": pre})})
+    resolved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"preprocess": plans.preprocess})})
     atomic_write_text(out_dir / "config.yaml", _config_yaml(resolved))
     _write_log(log_rows, out_dir, summary)
 
@@ -322,7 +296,8 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
         manifest: manifest CSV (overrides ``config.data.manifest``).
         out_dir: the run / model directory (created; must not already hold a run unless ``resume``).
         resume: continue from ``out_dir/checkpoints/last.pt`` exactly where it stopped.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; with the config's
+            ``autocast`` and ``num_threads`` it makes the run's :class:`medseg.runtime.Runtime`.
         progress: show a progress bar with loss and ETA (only when stderr is a terminal).
         stop_after_steps: end this call (with a checkpoint and the model directory written) once
             that many steps of the run are done, e.g. to fit a job's time slot; ``resume`` later.
@@ -332,16 +307,16 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
         The model directory (``out_dir``).
 
     Raises:
-        InputError: bad manifest/data, no manifest, a run already in ``out_dir`` without ``resume``,
-            nothing to resume, or a resumed config that changed more than its length.
-        ValueError: bad device/autocast choice or model options.
+        InputError: bad manifest/data, a run already in ``out_dir`` without ``resume``, nothing to
+            resume, or a resumed config that changed more than its length.
+        DeviceError: a misspelt device, or CUDA asked for and absent.
+        ValueError: settings of the config: no manifest, an autocast impossible on the device,
+            model options.
     """
-    import torch
-
     out_dir = Path(out_dir)
     manifest = Path(manifest) if manifest is not None else config.data.manifest
     if manifest is None:
-        raise InputError(None, "no manifest: set data.manifest in the config or pass --manifest FILE.csv")
+        raise ValueError("no manifest: set data.manifest in the config or pass --manifest FILE.csv")
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last_path = ckpt_dir / LAST_CHECKPOINT
     if resume:
@@ -350,35 +325,20 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
     elif last_path.exists() or (out_dir / "model.pt").exists():
         raise InputError(out_dir, "already holds a training run; pass --resume to continue it or choose another --out")
 
-    dev = select_device(device)
-    amp_dtype = autocast_dtype(config.autocast, dev)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(_thread_count(config.num_threads))
-    try:
-        return _train(config, manifest, out_dir, resume, dev, amp_dtype, progress, stop_after_steps, time_budget_s)
-    finally:
-        torch.set_num_threads(threads_before)
+    runtime = resolve_runtime(device, config.autocast, None if config.num_threads == "auto" else config.num_threads)
+    with runtime.activate():
+        return _train(config, manifest, out_dir, resume, runtime, progress, stop_after_steps, time_budget_s)
 
 
-def _thread_count(setting) -> int:
-    if setting != "auto":
-        return int(setting)
-    n = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] > n
-    except OSError:
-        busy = False
-    return 1 if busy else min(2, n)
-
-
-def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev, amp_dtype, progress: bool,
+def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, runtime: Runtime, progress: bool,
            stop_after_steps: int | None, time_budget_s: float | None) -> Path:
     import torch
 
+    from medseg.inference import Predictor
     from medseg.losses import create_loss
     from medseg.models import create_model
     from medseg.preprocess import PatchSampler
-    from medseg.training.data import load_cases, load_split_rows, resolve_preprocess
+    from medseg.training.data import load_cases, load_split_rows, load_validation_cases, resolve_preprocess
 
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last_path = ckpt_dir / LAST_CHECKPOINT
@@ -387,14 +347,14 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev
     state = _load_checkpoint(last_path) if resume else None
     if state is not None:
         _check_resume_config(config, state["config_json"], last_path)
-        from medseg.preprocess import PreprocessConfig
-
         pre = PreprocessConfig.model_validate_json(state["preprocess_json"])
     else:
         pre = resolve_preprocess(config, train_rows)
     max_label = len(config.data.labels)
     train_cases = load_cases(train_rows, pre, max_label)
-    val_cases = load_cases(val_rows, pre, max_label)
+    val_cases = load_validation_cases(val_rows, max_label)
+    plans = build_model_plans(config, pre)
+    dev = runtime.device
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -404,10 +364,13 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev
     if config.crf_rnn is not None:
         model = _wrap_crf_rnn(model, config, pre)
     model = model.to(dev)
+    # validation runs what model.pt will hold: the plain network (a CRF-as-RNN layer stays out of it)
+    predictor = Predictor(model.net if config.crf_rnn is not None else model, plans, runtime=runtime,
+                          window_batch=config.validation.sw_batch_size)
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(dev)
     optimiser = _build_optimiser(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, make_lr_lambda(config))
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(dev.type, enabled=runtime.autocast_dtype == torch.float16)
     sampler = PatchSampler(train_cases, config.patch_size, spatial_dims=config.model.spatial_dims,
                            slice_axis=config.data.slice_axis, sampling=config.data.sampling,
                            augment=config.data.augment, batch_size=config.batch_size, seed=config.seed)
@@ -444,8 +407,9 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev
         }, last_path)
 
     def summary() -> dict:
+        amp_dtype = runtime.autocast_dtype
         return {"steps_done": step, "total_steps": total, "epochs_done": step // spe, "device": str(dev),
-                "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
+                "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "none", "threads": runtime.threads,
                 "best_step": best["step"], "best_val_dice_mean": best["metric"] if best["step"] >= 0 else None,
                 "model_pt": "best validation checkpoint" if best["step"] >= 0 else "last weights",
                 "n_train_cases": len(train_cases), "n_val_cases": len(val_cases)}
@@ -470,7 +434,7 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev
             t0 = time.perf_counter()
             x, y = sampler.batch(step)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with runtime.autocast():
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
@@ -497,7 +461,7 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev
                                        "samples_per_s": acc["loss_n"] * config.batch_size / max(acc["seconds"], 1e-9)}
                 if val_cases and (epoch % config.validation.every_epochs == 0 or step == total):
                     tv = time.perf_counter()
-                    metrics = _validate(model, val_cases, config, dev, amp_dtype)
+                    metrics = _validate(model, predictor, val_cases, config)
                     row.update(metrics)
                     row["val_seconds"] = time.perf_counter() - tv
                     score = metrics["val_dice_mean"]
@@ -517,5 +481,5 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, dev
         weights = _load_checkpoint(ckpt_dir / BEST_CHECKPOINT)["model"]
     else:
         weights = model.state_dict()
-    _write_model_dir(out_dir, config, pre, {k: v.detach().cpu() for k, v in weights.items()}, log_rows, summary())
+    _write_model_dir(out_dir, config, plans, {k: v.detach().cpu() for k, v in weights.items()}, log_rows, summary())
     return out_dir

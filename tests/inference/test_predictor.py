@@ -141,7 +141,80 @@ def test_tta_averages_mirrored_windows(phantom_archive, phantom_predictor):
     pred = p.predict(image, tta=True)
     assert pred.labels.shape == image.shape
     np.testing.assert_array_equal(pred.labels.affine, image.affine)
-    assert torch.get_num_threads() == 2
+
+
+def test_fp16_on_cpu_refused_at_load(phantom_model):
+    from medseg.inference import Predictor
+
+    with pytest.raises(ValueError, match="fp16"):
+        Predictor.from_model_dir(phantom_model, device="cpu", autocast="fp16")
+
+
+def test_bf16_agrees_with_fp32(phantom_model, phantom_archive):
+    from medseg.inference import Predictor
+
+    image = read_volume(phantom_archive / "images" / "phantom_003.nii.gz")
+    fp32 = Predictor.from_model_dir(phantom_model, device="cpu").predict(image).labels.array
+    bf16_predictor = Predictor.from_model_dir(phantom_model, device="cpu", autocast="bf16")
+    assert not bf16_predictor.net.training  # eval mode set at load
+    assert bf16_predictor.runtime.autocast_mode == "bf16" and bf16_predictor.device.type == "cpu"
+    bf16 = bf16_predictor.predict(image).labels.array
+    assert (fp32 == bf16).mean() >= 0.98
+
+
+def _thread_recorder(net):
+    """``net`` wrapped in a module that records torch's CPU thread count at every forward pass (``.seen``)."""
+    import torch
+
+    class ThreadRecorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = net
+            self.seen: list[int] = []
+
+        def forward(self, x):
+            self.seen.append(torch.get_num_threads())
+            return self.inner(x)
+
+    return ThreadRecorder()
+
+
+def test_threads_are_the_runtimes_inside_predict_and_the_callers_outside(phantom_model, phantom_archive):
+    import torch
+
+    from medseg.inference import Predictor
+    from medseg.runtime import default_threads
+
+    image = read_volume(phantom_archive / "images" / "phantom_003.nii.gz")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        predictor = Predictor.from_model_dir(phantom_model, device="cpu", num_threads=1)
+        assert torch.get_num_threads() == 3  # loading sets nothing process-wide
+        plain = predictor.predict(image).labels.array
+        recorder = _thread_recorder(predictor.net)
+        predictor.net = recorder
+        pred = predictor.predict(image, keep_probabilities=True)
+        assert recorder.seen and set(recorder.seen) == {1}
+        assert torch.get_num_threads() == 3
+        pred.probabilities()
+        predictor.window_scores(np.zeros((1, 1) + predictor.window, np.float32))
+        assert set(recorder.seen) == {1} and torch.get_num_threads() == 3
+        np.testing.assert_array_equal(pred.labels.array, plain)
+        assert Predictor.from_model_dir(phantom_model, device="cpu").runtime.threads == default_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_predictor_checks_its_runtime_and_network(phantom_predictor):
+    from medseg.inference import Predictor
+    from medseg.runtime import resolve_runtime
+
+    p = phantom_predictor
+    with pytest.raises(TypeError, match="medseg.runtime.Runtime"):
+        Predictor(p.net, p.plans, runtime="cpu")
+    built = Predictor(p.net, p.plans, runtime=resolve_runtime("cpu", threads=1))
+    assert built.device.type == "cpu" and built.window == p.window
 
 
 def test_2d_model_runs_slice_by_slice(tmp_path, phantom_archive, make_plans):

@@ -132,3 +132,20 @@ def test_components_and_classical_cli_keep_geometry(cli, tmp_path):
     assert res.returncode == 1 and "negative label value" in res.stderr  # a CT is not a label map
     res = cli("components", tmp_path / "nope.nii.gz", "-o", tmp_path / "z.nii.gz")
     assert res.returncode == 1 and "does not exist" in res.stderr
+
+
+def test_crf_cli_flag_errors_name_the_flag_not_a_file(cli, tmp_path):
+    """A bad --modality or an absent --device is a one-line error about the flag, found before any file is read."""
+    import torch
+
+    image, probs, out = tmp_path / "image.nii.gz", tmp_path / "probs.nii.gz", tmp_path / "seg.nii.gz"
+    res = cli("crf", image, probs, "-o", out, "--modality", "pet")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == ["medseg: error: --modality must be ct, mr or auto, not 'pet'"]
+    device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    res = cli("crf", image, probs, "-o", out, "--device", device)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"medseg: error: device '{device}' asked for, but ")
+    assert "image.nii.gz" not in lines[0] and "probs.nii.gz" not in lines[0]
+    assert not out.exists()

@@ -67,32 +67,31 @@ def quick_model(quick_phantom_root) -> Path:
     return quick_phantom_root / "model"
 
 
-def segment_volume(model_dir: Path, image) -> np.ndarray:
-    """Label map on ``image``'s own grid, from nothing but the model directory (plans + weights)."""
-    import torch
-    from monai.inferers import sliding_window_inference
+def segment_volume(model_dir: Path, image, **options) -> np.ndarray:
+    """Label map on ``image``'s own grid, from nothing but the model directory (the user's predictor)."""
+    from medseg.inference import Predictor
 
-    from medseg.models import create_model
-    from medseg.plans import load_plans
-    from medseg.preprocess import invert_spatial, preprocess_case
+    return Predictor.from_model_dir(model_dir, device="cpu", **options).predict(image).labels.array
 
-    plans = load_plans(model_dir)
-    net = create_model(plans.model.name, plans.model.spatial_dims, plans.model.in_channels, plans.model.out_channels,
-                       **plans.model.options)
-    net.load_state_dict(torch.load(Path(model_dir) / "model.pt", weights_only=True))
-    net.eval()
-    case = preprocess_case([image], plans.preprocess)
-    x = torch.from_numpy(case.image)
-    with torch.no_grad():
-        if plans.model.spatial_dims == 3:
-            logits = sliding_window_inference(x[None], plans.inference.patch_size, 2, net, overlap=0.25)[0]
-        else:
-            axis = plans.inference.slice_axis
-            slices = x.movedim(1 + axis, 0)
-            logits = sliding_window_inference(slices, plans.inference.patch_size, 8, net, overlap=0.25)
-            logits = logits.permute(1, 0, 2, 3).movedim(1, 1 + axis)  # (S, K, H, W) -> (K, X, Y, Z)
-    pred = logits.argmax(0).numpy().astype(np.uint8)
-    return invert_spatial(pred, case.inverse, "nearest")
+
+def predictor_val_dice(model_dir: Path, manifest: Path, labels: dict[int, str], num_threads: int,
+                       autocast: str = "none") -> float:
+    """Mean over ``labels`` (NaN-free) of the Dice of ``Predictor.from_model_dir(model_dir)`` on the
+    manifest's ``val`` cases, on their own grid: what a user evaluating the model directory gets."""
+    from medseg.io import read_label, read_volume
+    from medseg.manifest import read_manifest
+
+    per_label: dict[int, list[float]] = {lab: [] for lab in labels}
+    for row in (r for r in read_manifest(manifest) if r.split == "val"):
+        images = [read_volume(p) for p in row.images]
+        ref = read_label(row.label, images[0]).array
+        pred = segment_volume(model_dir, images, num_threads=num_threads, autocast=autocast)
+        for lab in labels:
+            p, r = pred == lab, ref == lab
+            if p.any() or r.any():
+                per_label[lab].append(2.0 * float((p & r).sum()) / float(p.sum() + r.sum()))
+    means = [float(np.mean(v)) for v in per_label.values() if v]
+    return float(np.mean(means))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,7 +18,7 @@ from medseg.errors import InputError
 from medseg.phantoms import make_phantom
 from medseg.plans import load_plans, read_labels
 from medseg.training import TrainConfig, load_train_config, train
-from tests.training.conftest import dice, segment_volume, tiny_config, write_config
+from tests.training.conftest import TINY_CONFIG, dice, predictor_val_dice, segment_volume, tiny_config, write_config
 
 TIMING_COLUMNS = {"train_seconds", "samples_per_s", "val_seconds"}
 
@@ -30,6 +30,10 @@ def test_quick_phantom_model_learns_and_segments_a_held_out_phantom(quick_model)
     assert losses[-1] < 0.6 * losses[0], losses
     assert log["summary"]["steps_done"] == 300
     assert log["epochs"][-1]["val_dice_foreground"] >= 0.8
+    # validated (bf16) by the predictor a user gets from the model directory, on the val phantom's own grid
+    users = predictor_val_dice(quick_model, quick_model.parent / "phantoms" / "manifest.csv",
+                               load_plans(quick_model).labels, num_threads=log["summary"]["threads"], autocast="bf16")
+    assert users == pytest.approx(log["summary"]["best_val_dice_mean"], abs=1e-6)
     # a phantom never seen in training, on an oblique LPS grid, segmented from the model directory alone
     study = make_phantom(77, orientation="LPS", rotation_deg=(5.0, -4.0, 8.0))
     pred = segment_volume(quick_model, study.image)
@@ -91,6 +95,24 @@ def uninterrupted(phantom_manifest, tmp_path_factory) -> Path:
     return train(cfg, manifest=phantom_manifest, out_dir=tmp_path_factory.mktemp("straight") / "run", progress=False)
 
 
+def test_validation_dice_is_the_users_predictor_on_the_model_directory(phantom_manifest, tmp_path):
+    """The checkpoint is chosen by the Dice of medseg's own predictor on the val case's original grid:
+    the logged best val_dice_mean is what Predictor.from_model_dir(model dir) gets on that case."""
+    cfg = TrainConfig.model_validate(tiny_config(steps=120, steps_per_epoch=30,
+                                                 optimiser={"name": "adamw", "lr": 0.02}))
+    model_dir = train(cfg, manifest=phantom_manifest, out_dir=tmp_path / "run", progress=False)
+    log = json.loads((model_dir / "training_log.json").read_text())
+    rows = log["epochs"]
+    assert [r["step"] for r in rows] == [30, 60, 90, 120]  # validated every epoch
+    assert len({r["val_dice_mean"] for r in rows}) == 4 and rows[-1]["val_dice_foreground"] > 0.5  # it learned
+    summary = log["summary"]
+    best = max(rows, key=lambda r: r["val_dice_mean"])
+    assert summary["best_step"] == best["step"] and summary["best_val_dice_mean"] == best["val_dice_mean"]
+    assert {"val_dice_liver", "val_dice_foreground", "val_dice_kidneys"} <= set(best)
+    users = predictor_val_dice(model_dir, phantom_manifest, cfg.data.labels, num_threads=1)
+    assert users == pytest.approx(best["val_dice_mean"], abs=1e-6)
+
+
 def test_stopped_then_killed_then_resumed_equals_uninterrupted(uninterrupted, phantom_manifest, tmp_path, cli):
     """Process 1 stops after 5 steps; process 2 resumes and is killed with SIGKILL mid-run;
     a third resumption finishes: the weights, optimiser state, step and log equal a straight run."""
@@ -132,9 +154,12 @@ def test_2d_training_samples_slices_and_records_the_slice_axis(phantom_manifest,
     assert plans.model.spatial_dims == 2
     assert plans.inference.slice_axis == 1
     assert plans.inference.patch_size == (32, 24)
-    row = json.loads((model_dir / "training_log.json").read_text())["epochs"][-1]
+    log = json.loads((model_dir / "training_log.json").read_text())
+    row = log["epochs"][-1]
     assert np.isfinite(row["train_loss"]) and 0.0 <= row["val_dice_foreground"] <= 1.0
-    # the weights are a 2D network and segment a volume slice by slice along axis 1
+    # validation went through the predictor, slice by slice along axis 1, as segment does
+    users = predictor_val_dice(model_dir, phantom_manifest, TINY_CONFIG["data"]["labels"], num_threads=1)
+    assert users == pytest.approx(log["summary"]["best_val_dice_mean"], abs=1e-6)
     study = make_phantom(5)
     pred = segment_volume(model_dir, study.image)
     assert pred.shape == study.label.shape
