@@ -26,6 +26,7 @@ from pathlib import Path
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.files import strip_image_suffix
 
 __all__ = ["ManifestRow", "read_manifest", "write_manifest", "read_msd", "read_msd_labels", "import_msd",
            "shared_data_dir", "SPLITS", "MANIFEST_COLUMNS", "SHARED_DATA_ENV", "SHARED_DATA_PREFIX"]
@@ -278,11 +279,11 @@ def read_msd(dataset_json: str | Path, *, allow_outside: bool = False) -> list[M
                 raise InputError(path, f"training[{i}]: expected {{\"image\": ..., \"label\": ...}}, got {entry!r}")
             image = resolve(entry["image"], f"training[{i}].image")
             label = resolve(entry["label"], f"training[{i}].label") if entry.get("label") else None
-            rows.append(ManifestRow(_case_from_name(image.name), (image,), label, "train", modality))
+            rows.append(ManifestRow(strip_image_suffix(image.name), (image,), label, "train", modality))
         for i, entry in enumerate(data.get("test", []) or []):
             value = entry.get("image") if isinstance(entry, dict) else entry
             image = resolve(value, f"test[{i}]")
-            rows.append(ManifestRow(_case_from_name(image.name), (image,), None, "test", modality))
+            rows.append(ManifestRow(strip_image_suffix(image.name), (image,), None, "test", modality))
     elif "file_ending" in data:
         ending = str(data["file_ending"])
         n_channels = max(1, len(_channel_names(path, data)))
@@ -302,13 +303,6 @@ def read_msd(dataset_json: str | Path, *, allow_outside: bool = False) -> list[M
     if not rows:
         raise InputError(path, "dataset.json lists no cases")
     return rows
-
-
-def _case_from_name(name: str) -> str:
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _nnunet_cases(path: Path, folder: Path, ending: str, n_channels: int, split: str, modality: str,

@@ -7,28 +7,9 @@ prefect and friends are imported inside the command bodies, so ``medseg --help``
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+# Each module registers its commands on the app; imported in the order `medseg --help` lists them.
+from medseg.cli import ingest, models, train, segment, crf, postprocess, volumes, evaluate, batch, demo  # noqa: F401, I001
 
 from medseg.cli.app import app, main
 
 __all__ = ["app", "main"]
-
-# One module per command (or group of related commands). Missing modules are skipped so that
-# the CLI works while a command is being developed on another branch.
-COMMAND_MODULES = (
-    "ingest",
-    "models",
-    "train",
-    "segment",
-    "crf",
-    "postprocess",
-    "volumes",
-    "evaluate",
-    "batch",
-    "demo",
-)
-
-for _name in COMMAND_MODULES:
-    if importlib.util.find_spec(f"medseg.cli.{_name}") is not None:
-        importlib.import_module(f"medseg.cli.{_name}")

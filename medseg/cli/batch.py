@@ -28,17 +28,24 @@ def _check_inputs(archive: Path, model: Path) -> None:
     load_plans(model)  # InputError when it is not a model directory
 
 
+def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, components: bool, tta: bool, device: str,
+                     dask_address: str | None, workers: int) -> dict:
+    """The ``segment-archive`` flow's parameters for the CLI's options (one place for batch and schedule)."""
+    from medseg.inference.pipeline import DEFAULT_COMPONENTS
+
+    return {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
+            "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "tta": tta, "device": device,
+            "dask_address": dask_address, "workers": workers}
+
+
 def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, components: bool = False,
                    tta: bool = False, device: str = "auto", dask_address: str | None = None,
                    workers: int = 0) -> dict:
     """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one)."""
     from flows.segment_archive import segment_archive
-    from medseg.batch import DEFAULT_COMPONENTS
 
-    return segment_archive(archive=str(archive.resolve()), model_dir=str(model.resolve()),
-                           out_dir=str(out.resolve()), crf=crf, components=DEFAULT_COMPONENTS if components else None,
-                           tta=tta, device=device,
-                           dask_address=dask_address, workers=workers)
+    return segment_archive(**_flow_parameters(archive, model, out, crf=crf, components=components, tta=tta,
+                                              device=device, dask_address=dask_address, workers=workers))
 
 
 def _print_record(record: dict, out: Path) -> None:
@@ -85,6 +92,7 @@ def schedule_command(
     timezone: Optional[str] = typer.Option(None, "--timezone", help="Time zone of the cron schedule (default UTC)."),
     crf: bool = typer.Option(False, "--crf", help="Refine each segmentation with the dense 3D CRF."),
     components: bool = typer.Option(False, "--components", help="Remove blobs under 0.1 mL and fill enclosed holes."),
+    tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the studies."),
     workers: int = typer.Option(0, "--workers", min=0, help="Local Dask cluster of N worker processes."),
@@ -115,11 +123,8 @@ def schedule_command(
 
     from flows.segment_archive import segment_archive
 
-    from medseg.batch import DEFAULT_COMPONENTS
-
-    parameters = {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
-                  "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "device": device,
-                  "dask_address": dask_address, "workers": workers}
+    parameters = _flow_parameters(archive, model, out, crf=crf, components=components, tta=tta, device=device,
+                                  dask_address=dask_address, workers=workers)
     stage(f"serving segment-archive/{name} on {cron!r} (Ctrl-C to stop)")
     segment_archive.serve(name=name, schedules=[schedule], parameters=parameters,
                           entrypoint_type=EntrypointType.MODULE_PATH,

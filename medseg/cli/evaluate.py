@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from medseg.cli.app import app, handle_errors, stage
+from medseg.errors import MedsegError
 
 
 @app.command("evaluate")
@@ -29,7 +30,7 @@ def evaluate(
     from medseg.report import write_evaluation
 
     if lesion_overlap <= 0:
-        raise InputError(None, f"--lesion-overlap must be in (0, 1], not {lesion_overlap}")
+        raise MedsegError(f"--lesion-overlap must be in (0, 1], not {lesion_overlap}")
     for src in (pred, ref):
         if src.exists() and output.exists() and output.resolve() == src.resolve():
             raise InputError(output, "the output folder is an input folder; choose another -o")

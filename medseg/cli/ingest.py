@@ -29,21 +29,36 @@ def ingest(
 
     Re-runs skip unchanged studies (content hash). A bad source is reported (one line here, a row in OUT/failures.csv) and the others go on; the exit code is 1 when any failed.
     """
-    from medseg.errors import InputError
+    import csv
+
+    from medseg.batch.state import FAILURES_FILE
     from medseg.ingest import ingest_sources
 
-    if split not in ("train", "val", "test"):
-        raise InputError(None, f"--split must be train, val or test, not {split!r}")
+    total = {"n": 0, "i": 0}
 
-    def progress(i: int, n: int, result) -> None:
-        what = {"ingested": "ingested", "skipped": "unchanged, skipped", "failed": "FAILED"}[result.status]
-        stage(f"[{i}/{n}] {result.study.case_id}: {what} ({result.study.source})")
+    def on_plan(run) -> None:
+        total["n"] = len(run.todo)
+
+    def on_study(result) -> None:
+        total["i"] += 1
+        what = "ingested" if result.status == "done" else "FAILED"
+        stage(f"[{total['i']}/{total['n']}] {result.study_id}: {what} ({result.source})")
 
     stage(f"searching {len(sources)} source(s)")
-    report = ingest_sources(sources, out, manifest=manifest, series_uid=series, split=split, label=label,
-                            progress=progress)
-    for r in report.failed:
-        typer.echo(f"medseg: error: {r.error}", err=True)
-    typer.echo(report.summary())
-    if not report.ok:
+    record = ingest_sources(sources, out, manifest=manifest, series_uid=series, split=split, label=label,
+                            on_plan=on_plan, on_study=on_study)
+    failures_csv = out / FAILURES_FILE
+    with open(failures_csv, newline="", encoding="utf-8") as f:
+        failures = list(csv.DictReader(f))
+    for row in failures:
+        typer.echo(f"medseg: error: {row['error']}", err=True)
+    ingested = len(record["processed"])
+    text = (f"ingested {ingested}, skipped {record['n_studies'] - ingested - len(failures)} (unchanged), "
+            f"failed {len(failures)}")
+    if record["reports"].get("manifest"):
+        text += f"; manifest {record['reports']['manifest']}"
+    if failures:
+        text += f"; failures in {failures_csv}"
+    typer.echo(text)
+    if failures:
         raise typer.Exit(1)

@@ -8,31 +8,26 @@ from typing import Optional
 import typer
 
 from medseg.cli.app import app, handle_errors, stage
+from medseg.errors import InputError, MedsegError
 
 __all__ = ["classical", "components"]
 
 
 def _parse_numbers(text: str, option: str) -> list[float]:
-    from medseg.errors import InputError
-
     try:
         return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
-        raise InputError(None, f"{option} takes comma-separated numbers, got {text!r}") from None
+        raise MedsegError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
 def _parse_ints(text: str, option: str) -> list[int]:
-    from medseg.errors import InputError
-
     try:
         return [int(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
-        raise InputError(None, f"{option} takes comma-separated class ids, got {text!r}") from None
+        raise MedsegError(f"{option} takes comma-separated class ids, got {text!r}") from None
 
 
 def _check_output(out: Path, *inputs: Path) -> None:
-    from medseg.errors import InputError
-
     if any(out.resolve() == p.resolve() for p in inputs):
         raise InputError(out, "output would overwrite an input; choose another name")
     name = str(out).lower()
@@ -59,25 +54,24 @@ def classical(
     """Classical segmentation without training: split-and-merge regions, fixed thresholds or Otsu."""
     import numpy as np
 
-    from medseg.errors import InputError
     from medseg.io import read_volume, write_volume
     from medseg.postprocess.classical import (otsu_segmentation, regions_to_labels, split_and_merge,
                                               threshold_segmentation)
 
     method = method.lower()
     if method not in ("split-merge", "threshold", "otsu"):
-        raise InputError(None, f"--method must be split-merge, threshold or otsu, not {method!r}")
+        raise MedsegError(f"--method must be split-merge, threshold or otsu, not {method!r}")
     _check_output(output, image)
     if method == "split-merge" and homogeneity is None:
-        raise InputError(None, "--method split-merge needs --homogeneity T (max-min or std limit in image units)")
+        raise MedsegError("--method split-merge needs --homogeneity T (max-min or std limit in image units)")
     if method == "threshold" and not thresholds:
-        raise InputError(None, "--method threshold needs --thresholds, e.g. --thresholds -200,100")
+        raise MedsegError("--method threshold needs --thresholds, e.g. --thresholds -200,100")
     vol = read_volume(image)
     stage(f"{method} on {vol.shape}")
     try:
         if method == "split-merge":
             if rule not in ("range", "std"):
-                raise InputError(None, f"--rule must be range or std, not {rule!r}")
+                raise MedsegError(f"--rule must be range or std, not {rule!r}")
             regions = split_and_merge(vol.array, homogeneity, rule=rule, min_region_voxels=min_region_voxels)
             if classes:
                 out = regions_to_labels(regions, vol.array, classes)
@@ -111,12 +105,11 @@ def components(
     connectivity: int = typer.Option(26, "--connectivity", help="6 or 26 (3D neighbourhood)."),
 ) -> None:
     """Clean a label map: keep the largest component, drop small blobs, fill holes."""
-    from medseg.errors import InputError
     from medseg.io import read_label, write_volume
     from medseg.postprocess.components import ComponentsConfig, clean_labels
 
     if connectivity not in (6, 26):
-        raise InputError(None, f"--connectivity must be 6 or 26, not {connectivity}")
+        raise MedsegError(f"--connectivity must be 6 or 26, not {connectivity}")
     _check_output(output, segmentation)
     vol = read_label(segmentation)
     chosen = _parse_ints(classes, "--classes") if classes else None

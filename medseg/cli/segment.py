@@ -1,4 +1,4 @@
-"""``medseg segment``: one study through a trained model, the result on the study's own grid.
+"""``medseg segment``: one study through a model, the result on the study's own grid.
 
 Only typer and the standard library at module level: torch and friends load inside the command.
 """
@@ -6,7 +6,7 @@ Only typer and the standard library at module level: torch and friends load insi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,18 +15,20 @@ from medseg.errors import MedsegError
 
 __all__ = ["segment"]
 
-_DEVICES = ("auto", "cpu", "cuda")
-_AUTOCAST = ("none", "bf16", "fp16")
-
-
 @app.command("segment")
 @handle_errors
 def segment(
-    input: Path = typer.Argument(..., help="NIfTI/NRRD/MHA file, or a folder holding one DICOM series."),
+    inputs: List[Path] = typer.Argument(
+        ..., metavar="INPUT...",
+        help="The study: a NIfTI/NRRD/MHA file or a folder holding one DICOM series; a multi-channel model takes "
+             "one INPUT per channel, in the model's channel order (`medseg models --describe MODEL` lists them), "
+             "e.g. FLAIR.nii.gz T1c.nii.gz."),
     model: Path = typer.Option(..., "--model", "-m", help="Model directory (plans.json + model.pt) from `medseg train`."),
     output: Path = typer.Option(..., "--output", "-o", help="Label map to write (.nii.gz), on the input's exact grid."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
-    crf: bool = typer.Option(False, "--crf", help="Refine with the dense 3D CRF (medseg.postprocess.crf)."),
+    crf: bool = typer.Option(False, "--crf", help="Refine with the dense 3D CRF (the model modality's defaults)."),
+    components: bool = typer.Option(False, "--components", help="Remove blobs under 0.1 mL and fill enclosed holes "
+                                    "(as `medseg batch --components`)."),
     tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (all flips averaged; 8x the work in 3D)."),
     volumes: Optional[Path] = typer.Option(None, "--volumes", help="Also write a volume report (.json/.csv/.html)."),
     probabilities: Optional[Path] = typer.Option(
@@ -36,44 +38,51 @@ def segment(
     overlap: Optional[float] = typer.Option(None, "--overlap", min=0.0, max=0.95,
                                             help="Window overlap fraction (default: the model's)."),
     window_batch: int = typer.Option(2, "--window-batch", min=1, help="Windows per forward pass."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default 2 on CPU)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: 2, or 1 on a busy machine)."),
 ) -> None:
-    """Segment INPUT with MODEL and write OUTPUT (exactly the input's shape and affine)."""
-    dev = device.strip().lower()
-    if dev not in _DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
-        raise MedsegError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
-    if autocast not in _AUTOCAST:
-        raise MedsegError(f"--autocast must be none, bf16 or fp16, not {autocast!r}")
-    if not model.is_dir():
-        from medseg.errors import InputError
+    """Segment the study INPUT... with MODEL and write OUTPUT (exactly the input's shape and affine)."""
+    from medseg.errors import InputError
+    from medseg.runtime import AUTOCAST_MODES, DEVICE_CHOICES
 
+    dev = device.strip().lower()
+    if dev not in DEVICE_CHOICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        raise MedsegError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    if autocast not in AUTOCAST_MODES:
+        raise MedsegError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, not {autocast!r}")
+    if not model.is_dir():
         raise InputError(model, "model directory does not exist" if not model.exists() else "is not a folder")
 
-    from medseg.inference import Predictor, segment_file
+    from medseg.inference import Predictor, StudyOptions, segment_file
     from medseg.inference.segment import check_output_paths
     from medseg.plans import load_plans
 
-    check_output_paths(input, {"-o": output, "--probabilities": probabilities, "--volumes": volumes})
-    if not input.exists():
-        from medseg.errors import InputError
+    check_output_paths(inputs, {"-o": output, "--probabilities": probabilities, "--volumes": volumes})
+    for path in inputs:
+        if not path.exists():
+            raise InputError(path, "does not exist")
+    plans = load_plans(model)  # a clear error for a folder that is not a model directory, before torch loads
+    n = plans.model.in_channels
+    if len(inputs) != n:
+        raise MedsegError(f"{model}: the model takes {n} channel(s) ({', '.join(plans.channel_names)}): give one "
+                          f"INPUT per channel in that order, not {len(inputs)}")
+    from medseg.inference.pipeline import DEFAULT_COMPONENTS
 
-        raise InputError(input, "does not exist")
-    load_plans(model)  # a clear error for a folder that is not a model directory, before torch loads
+    options = StudyOptions.for_model(plans, crf=crf, tta=tta, components=DEFAULT_COMPONENTS if components else None)
     stage(f"loading model {model}")
     try:
-        predictor = Predictor.from_model_dir(model, device=dev, autocast=autocast, tta=tta, overlap=overlap,
+        predictor = Predictor.from_model_dir(model, device=dev, autocast=autocast, overlap=overlap,
                                              window_batch=window_batch, num_threads=threads)
     except ValueError as exc:
         if isinstance(exc, MedsegError):
             raise
         raise MedsegError(str(exc)) from None
-    prediction = segment_file(input, predictor, output, crf=crf, tta=tta, volumes_path=volumes,
+    prediction = segment_file(inputs, predictor, output, options=options, volumes_path=volumes,
                               probabilities_path=probabilities, series_uid=series, progress=stage)
     t = prediction.timings
     stage("done in " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
     present = sorted(int(v) for v in _present_labels(prediction.labels.array))
     typer.echo(f"{output}: {'x'.join(map(str, prediction.labels.shape))} voxels, labels present: "
-               f"{', '.join(prediction.label_names.get(v, str(v)) for v in present) or 'none'}")
+               f"{', '.join(predictor.label_names.get(v, str(v)) for v in present) or 'none'}")
 
 
 def _present_labels(array):

@@ -7,17 +7,30 @@
 >>> prediction.labels            # uint8 Volume: the input's shape and affine
 >>> prediction.probabilities()   # (X, Y, Z, C) float16, computed when asked for
 >>> segment_file("ct.nii.gz", predictor, "seg.nii.gz", volumes_path="volumes.json")
+>>> segment_file(["flair.nii.gz", "t1c.nii.gz"], predictor, "seg.nii.gz",   # one file per channel
+...              options=StudyOptions.for_model(predictor.plans, crf=True, tta=True))
 
 Pipeline per study: the model's own preprocessing (orientation, spacing, intensity) →
 Gaussian-blended sliding windows, streamed in slabs along the last axis (the accumulator never
 holds the whole study's class scores) → per-class trilinear resampling back to the input grid,
-slab by slab, with the argmax taken at once → the inverse orientation.
+slab by slab, with the argmax taken at once → the inverse orientation. Then the study pipeline
+(:mod:`medseg.inference.pipeline`): CRF → components → volumes, the same for ``medseg segment``,
+``medseg batch`` and the flows.
 
 Device, autocast and CPU threads follow :mod:`medseg.runtime` (the predictor holds a
 :class:`~medseg.runtime.Runtime` and activates it around its work).
 """
 
+from medseg.inference.pipeline import (
+    DEFAULT_COMPONENTS,
+    StudyOptions,
+    StudyOutput,
+    cached_predictor,
+    run_study,
+    write_study_outputs,
+)
 from medseg.inference.predictor import Prediction, Predictor
 from medseg.inference.segment import segment_file
 
-__all__ = ["Predictor", "Prediction", "segment_file"]
+__all__ = ["Predictor", "Prediction", "segment_file", "StudyOptions", "StudyOutput", "run_study",
+           "write_study_outputs", "cached_predictor", "DEFAULT_COMPONENTS"]

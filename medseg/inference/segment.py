@@ -1,19 +1,16 @@
-"""One study from file to files: what ``medseg segment`` and the batch flows call."""
+"""One study from files to files: what ``medseg segment`` calls (the study pipeline of
+:mod:`medseg.inference.pipeline`, with the inputs read and the outputs written)."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-import numpy as np
-
-from medseg.errors import InputError, MedsegError
-from medseg.inference.predictor import Prediction, Predictor
-from medseg.io import atomic_path, is_image_path, read_volume, write_nifti_array, write_volume
+from medseg.errors import InputError
+from medseg.inference.pipeline import StudyOptions, StudyOutput, run_study, write_study_outputs
+from medseg.inference.predictor import Predictor
+from medseg.io import is_image_path, read_channels
 from medseg.io.nifti import is_nifti_path
 
 __all__ = ["segment_file", "check_output_paths"]
@@ -21,19 +18,13 @@ __all__ = ["segment_file", "check_output_paths"]
 ProgressFn = Callable[[str], None]
 
 
-def _feature(module: str, flag: str):
-    """Import an optional medseg module (built by another part of the project) or fail clearly."""
-    if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None or importlib.util.find_spec(module) is None:
-        raise MedsegError(f"{flag} needs {module}, which this medseg installation does not have yet")
-    return importlib.import_module(module)
+def check_output_paths(inputs: str | Path | Sequence[str | Path], outputs: dict[str, str | Path | None]) -> dict[str, Path]:
+    """Refuse outputs that would overwrite an input, that collide, or that have a wrong suffix.
 
-
-def check_output_paths(input_path: str | Path, outputs: dict[str, str | Path | None]) -> dict[str, Path]:
-    """Refuse outputs that would overwrite the input, that collide, or that have a wrong suffix.
-
-    ``outputs`` maps an option name (``"-o"``, ``"--probabilities"``…) to a path or None.
+    ``inputs``: the input path(s); ``outputs`` maps an option name (``"-o"``,
+    ``"--probabilities"``…) to a path or None.
     """
-    inp = Path(input_path).resolve()
+    ins = [Path(p).resolve() for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     seen: dict[Path, str] = {}
     out: dict[str, Path] = {}
     for flag, path in outputs.items():
@@ -41,8 +32,9 @@ def check_output_paths(input_path: str | Path, outputs: dict[str, str | Path | N
             continue
         p = Path(path)
         rp = p.resolve()
-        if rp == inp or inp in rp.parents:
-            raise InputError(p, f"{flag} would overwrite the input {input_path}")
+        for inp in ins:
+            if rp == inp or inp in rp.parents:
+                raise InputError(p, f"{flag} would overwrite the input {inp}")
         if rp in seen:
             raise InputError(p, f"{flag} and {seen[rp]} name the same file")
         if p.is_dir():
@@ -61,86 +53,59 @@ def check_output_paths(input_path: str | Path, outputs: dict[str, str | Path | N
     return out
 
 
-def _modality(predictor: Predictor) -> str:
-    kinds = {c.kind for c in predictor.plans.preprocess.intensity}
-    return "CT" if kinds == {"ct"} else "MR"
-
-
-def segment_file(input_path: str | Path, predictor_or_model_dir: Predictor | str | Path, output_path: str | Path, *,
-                 crf: bool = False, tta: bool = False, volumes_path: str | Path | None = None,
-                 probabilities_path: str | Path | None = None, series_uid: str | None = None,
-                 progress: ProgressFn | None = None) -> Prediction:
-    """Segment one study file (or DICOM folder) and write the label map on the study's own grid.
+def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_dir: Predictor | str | Path,
+                 output_path: str | Path, *, options: StudyOptions | None = None,
+                 volumes_path: str | Path | None = None, probabilities_path: str | Path | None = None,
+                 series_uid: str | None = None, progress: ProgressFn | None = None) -> StudyOutput:
+    """Segment one study and write the label map on the study's own grid.
 
     Args:
-        input_path: NIfTI/NRRD/MHA file or a folder holding one DICOM series.
-        predictor_or_model_dir: a loaded :class:`Predictor` (batch: load once) or a model directory.
+        inputs: NIfTI/NRRD/MHA file or DICOM series folder; or one per channel (same grid), in
+            the model's channel order.
+        predictor_or_model_dir: a loaded :class:`Predictor` (several studies: load once) or a
+            model directory.
         output_path: the label map (uint8; NIfTI keeps the input's header codes).
-        crf: refine the probabilities with :func:`medseg.postprocess.crf.dense_crf` (in mm).
-        tta: mirror test-time augmentation for this study (in addition to the predictor's setting).
-        volumes_path: also write a volume report (``medseg.measure.volumes``) there.
+        options: CRF, components and TTA (:class:`StudyOptions`; default: none of them).
+        volumes_path: also write a volume report (``.json``, ``.csv`` or ``.html``) there.
         probabilities_path: also write the softmax probabilities, 4D NIfTI ``(X, Y, Z, C)`` on
-            the input grid (after the CRF when ``crf``).
-        series_uid: which DICOM series when the folder holds several.
+            the input grid (after the CRF when it ran).
+        series_uid: which DICOM series when a folder holds several.
         progress: called with a short message at each stage.
 
     Returns:
-        The :class:`Prediction` (labels on the input grid, timings per stage including ``read``
-        and ``write``).
+        The :class:`StudyOutput` (labels on the input grid, timings per stage including
+        ``read`` and ``write``).
 
     Every output is written to a temporary name and renamed only once all of them are complete:
     on any error, none appears.
     """
     say = progress or (lambda message: None)
-    outputs = check_output_paths(input_path, {"-o": output_path, "--probabilities": probabilities_path,
-                                              "--volumes": volumes_path})
-    crf_mod = _feature("medseg.postprocess.crf", "--crf") if crf else None
-    volumes_mod = _feature("medseg.measure.volumes", "--volumes") if volumes_path is not None else None
-
+    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    outputs = check_output_paths(paths, {"-o": output_path, "--probabilities": probabilities_path,
+                                         "--volumes": volumes_path})
+    options = options or StudyOptions()
     t0 = time.perf_counter()
-    say(f"reading {input_path}")
-    image = read_volume(input_path, series_uid=series_uid)
+    say(f"reading {', '.join(map(str, paths))}")
+    images = read_channels(paths, series_uid=series_uid)
     t_read = time.perf_counter() - t0
     if isinstance(predictor_or_model_dir, Predictor):
         predictor = predictor_or_model_dir
     else:
         say(f"loading model {predictor_or_model_dir}")
         predictor = Predictor.from_model_dir(predictor_or_model_dir)
-    say(f"segmenting {'x'.join(map(str, image.shape))} voxels ({image.orientation}, "
-        f"{'x'.join(f'{s:.3g}' for s in image.spacing)} mm) on {predictor.device}"
-        + (" with mirror TTA" if tta or predictor.tta else ""))
-    prediction = predictor.predict(image, tta=(tta or predictor.tta),
-                                   keep_probabilities=bool(crf or probabilities_path is not None))
-    prediction.timings["read"] = t_read
-    prediction.labels.source = str(output_path)
-    if crf_mod is not None:
-        say("refining with the dense CRF")
-        t1 = time.perf_counter()
-        probs = np.moveaxis(prediction.probabilities(np.float32), -1, 0)
-        cfg = crf_mod.CRFConfig.for_modality(_modality(predictor))
-        refined = crf_mod.dense_crf(np.asarray(image.array, dtype=np.float32), probs, image.spacing, cfg=cfg)
-        del probs
-        timings = prediction.timings
-        prediction = prediction.with_probabilities(np.asarray(refined))
-        prediction.timings.update(timings, crf=time.perf_counter() - t1)
-    report = None
-    if volumes_mod is not None:
-        say("measuring volumes")
-        report = volumes_mod.compute_volumes(prediction.labels, image, prediction.label_names)
-
+    image = images[0]
+    steps = {"crf": "refining with the dense CRF", "components": "cleaning connected components",
+             "volumes": "measuring volumes",
+             "segment": f"segmenting {'x'.join(map(str, image.shape))} voxels ({image.orientation}, "
+                        f"{'x'.join(f'{s:.3g}' for s in image.spacing)} mm) on {predictor.device}"
+                        + (" with mirror TTA" if options.tta else "")}
+    output = run_study(images, predictor, options, volumes=volumes_path is not None,
+                       keep_probabilities=probabilities_path is not None, labels_path=output_path,
+                       stage=lambda name: say(steps[name]))
+    output.timings["read"] = t_read
     say(f"writing {output_path}")
-    t2 = time.perf_counter()
-    with contextlib.ExitStack() as stack:  # all temporaries renamed together at the end, or none
-        probs_path = outputs.get("--probabilities")
-        if probs_path is not None:
-            probs = prediction.probabilities(np.float16)
-            tmp = stack.enter_context(atomic_path(probs_path))
-            write_nifti_array(probs, image.affine, tmp, header=image.meta.get("nifti_header"))
-            del probs
-        if report is not None:
-            tmp = stack.enter_context(atomic_path(outputs["--volumes"]))
-            volumes_mod.write_volume_report(report, tmp)
-        tmp = stack.enter_context(atomic_path(outputs["-o"]))
-        write_volume(prediction.labels, tmp)
-    prediction.timings["write"] = time.perf_counter() - t2
-    return prediction
+    t1 = time.perf_counter()
+    write_study_outputs(output, segmentation=outputs["-o"], volumes=outputs.get("--volumes"),
+                        probabilities=outputs.get("--probabilities"))
+    output.timings["write"] = time.perf_counter() - t1
+    return output

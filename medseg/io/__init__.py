@@ -3,8 +3,10 @@
 - :func:`read_volume`: NIfTI (.nii/.nii.gz), NRRD/MetaImage (.nrrd/.nhdr/.mha/.mhd), or a folder
   holding one DICOM series, validated, as a :class:`Volume` with a RAS+ affine.
 - :func:`write_volume`: atomic write (temporary name, then rename) with exactly the affine.
+- :func:`read_channels`: the channel files of one study, checked to share one grid.
 - :func:`read_label`: a label map, checked for integer values and (optionally) for the grid of
   its image.
+- :mod:`medseg.io.files`: which files are images, which belong to one study, its content hash.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from medseg.io.files import IMAGE_SUFFIXES, content_hash, is_image_path, strip_image_suffix
 from medseg.io.probabilities import read_probabilities
 from medseg.io.nifti import is_nifti_path, read_nifti, write_nifti, write_nifti_array
 from medseg.io.sitk_io import (
@@ -35,11 +38,15 @@ __all__ = [
     "DicomSeries",
     "is_dicom_file",
     "read_volume",
+    "read_channels",
     "write_volume",
     "read_label",
     "read_probabilities",
     "check_same_grid",
     "is_image_path",
+    "strip_image_suffix",
+    "content_hash",
+    "IMAGE_SUFFIXES",
     "read_nifti",
     "write_nifti",
     "write_nifti_array",
@@ -56,13 +63,7 @@ __all__ = [
     "atomic_write_text",
 ]
 
-SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def is_image_path(path: str | Path) -> bool:
-    """True for a file name medseg reads as one image (NIfTI, NRRD, MetaImage)."""
-    name = str(path).lower()
-    return is_nifti_path(name) or name.endswith(SITK_SUFFIXES)
+SITK_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if not s.startswith(".nii"))
 
 
 def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
@@ -89,6 +90,28 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
     if head[:2] == b"\x1f\x8b" or len(head) == 348 and int.from_bytes(head[:4], "little") == 348:
         return read_nifti(path)
     raise InputError(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder)")
+
+
+def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_uid: str | None = None) -> list[Volume]:
+    """Read the channel images of one study (one path per channel, in the model's channel order).
+
+    Raises:
+        InputError: a channel that cannot be read, or one that is not on the first channel's
+            grid (naming both files and the difference).
+    """
+    if not paths:
+        raise ValueError("paths: expected at least one image, got none")
+    volumes = [read_volume(p, series_uid=series_uid) for p in paths]
+    first = volumes[0]
+    for other in volumes[1:]:
+        if other.shape != first.shape:
+            raise InputError(other.source, f"channel of shape {other.shape} is not on the grid of "
+                             f"{first.source} (shape {first.shape}); every channel must share one grid")
+        if not first.same_grid(other):
+            diff = float(np.abs(first.affine - other.affine).max())
+            raise InputError(other.source, f"channel is not on the grid of {first.source} (affines differ by "
+                             f"up to {diff:.4g} mm); every channel must share one grid")
+    return volumes
 
 
 def write_volume(volume: Volume, path: str | Path, *, dtype=None) -> Path:

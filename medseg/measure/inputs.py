@@ -10,21 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import InputError
-from medseg.io import SITK_SUFFIXES, is_image_path
+from medseg.io.files import find_image, is_image_path, strip_image_suffix
 
 __all__ = ["CasePair", "case_name", "image_files", "find_case_image", "match_cases", "find_volume_inputs"]
 
-# Longest first: ".nii.gz" before ".nii".
-_SUFFIXES = (".nii.gz", ".nii") + SITK_SUFFIXES
-
-
 def case_name(path: str | Path) -> str:
     """A file's case name: its name without the image suffix (``case_001.nii.gz`` → ``case_001``)."""
-    name = Path(path).name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_image_suffix(Path(path).name)
 
 
 def image_files(folder: str | Path) -> dict[str, Path]:
@@ -35,12 +27,7 @@ def image_files(folder: str | Path) -> dict[str, Path]:
 
 def find_case_image(folder: str | Path, case: str) -> Path | None:
     """The file of ``case`` in ``folder``: ``<case><suffix>`` or nnU-Net's ``<case>_0000<suffix>`` (None when absent)."""
-    folder = Path(folder)
-    for stem in (case, f"{case}_0000"):
-        for suffix in _SUFFIXES:
-            if (folder / f"{stem}{suffix}").is_file():
-                return folder / f"{stem}{suffix}"
-    return None
+    return find_image(folder, case) or find_image(folder, f"{case}_0000")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from batch_helpers import write_tiny_archive
-from conftest import _stop
+from tests.support import stop_process_group
 
 
 def _done(out: Path) -> set[str]:
@@ -23,11 +23,11 @@ def _files(out: Path) -> dict[str, int]:
             for sub in ("studies", "state") for p in (out / sub).rglob("*") if p.is_file() and ".partial-" not in p.name}
 
 
-def test_killed_batch_resumes_exactly_the_rest(prefect_server, tmp_path, tiny_model):
+def test_killed_batch_resumes_exactly_the_rest(prefect_server, tmp_path, phantom_model):
     archive = tmp_path / "archive"
     ids = write_tiny_archive(archive, 9, seed=500)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "medseg", "batch", str(archive), "--model", str(tiny_model), "--out", str(out)]
+    cmd = [sys.executable, "-m", "medseg", "batch", str(archive), "--model", str(phantom_model), "--out", str(out)]
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen(cmd, env=prefect_server, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -39,7 +39,7 @@ def test_killed_batch_resumes_exactly_the_rest(prefect_server, tmp_path, tiny_mo
         os.killpg(proc.pid, signal.SIGKILL)  # a real crash: no clean-up code runs
         proc.wait(timeout=30)
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         log.close()
     assert proc.returncode == -signal.SIGKILL
     finished = _done(out)
@@ -61,7 +61,7 @@ def test_killed_batch_resumes_exactly_the_rest(prefect_server, tmp_path, tiny_mo
     assert "processed: " + str(len(ids) - len(finished)) in rerun.stdout
 
 
-def test_scheduled_deployment_on_a_real_server(prefect_server, tmp_path, tiny_model):
+def test_scheduled_deployment_on_a_real_server(prefect_server, tmp_path, phantom_model):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -69,7 +69,7 @@ def test_scheduled_deployment_on_a_real_server(prefect_server, tmp_path, tiny_mo
     ids = write_tiny_archive(archive, 2, seed=700)
     out = tmp_path / "out"
     log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen([sys.executable, "-m", "medseg", "schedule", str(archive), "--model", str(tiny_model),
+    serve = subprocess.Popen([sys.executable, "-m", "medseg", "schedule", str(archive), "--model", str(phantom_model),
                               "--out", str(out), "--cron", "0 2 * * *", "--name", "nightly-test"],
                              env=prefect_server, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -96,6 +96,6 @@ def test_scheduled_deployment_on_a_real_server(prefect_server, tmp_path, tiny_mo
             assert (out / "studies" / sid / "volumes.json").is_file()
         assert (out / "volumes.csv").is_file()
     finally:
-        _stop(serve)  # SIGTERM: serve shuts down cleanly
+        stop_process_group(serve)  # SIGTERM: serve shuts down cleanly
         log.close()
     assert serve.returncode is not None

@@ -1,9 +1,10 @@
-"""The segment-archive flow on a real Prefect engine (the session's prefect_harness)."""
+"""The segment-archive flow on a real Prefect engine (the session's prefect_server)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -40,19 +41,20 @@ def mixed_archive(tmp_path, shared_data) -> Path:
     return root
 
 
-def test_flow_outputs_failures_and_no_repeated_work(prefect_harness, mixed_archive, tiny_model, tmp_path):
+def test_flow_outputs_failures_and_no_repeated_work(prefect_server, mixed_archive, phantom_model, tmp_path):
     import flows.segment_archive as fsa
+    from medseg.inference.pipeline import predictor_loads
 
     out = tmp_path / "out"
-    loads_before = fsa.predictor_loads()
-    record = fsa.segment_archive(str(mixed_archive), str(tiny_model), str(out))
+    loads_before = predictor_loads()
+    record = fsa.segment_archive(str(mixed_archive), str(phantom_model), str(out))
     good = ["ct_dicom", "oblique_lps", "study_00", "study_01"]
     assert record["processed"] == good
     assert record["failed"] == ["scan_notes.dat", "truncated"]
     assert record["skipped"] == []
     # the model was loaded once for the four studies (once per worker process: here, this one)
-    assert fsa.predictor_loads() - loads_before <= 1
-    assert list(record["predictor_loads"].values()) == [fsa.predictor_loads()]
+    assert predictor_loads() - loads_before <= 1
+    assert record["workers"] == [os.getpid()]
 
     sources = {"ct_dicom": mixed_archive / "ct_dicom", "oblique_lps": mixed_archive / "oblique_lps.nii.gz",
                "study_00": mixed_archive / "study_00.nii.gz", "study_01": mixed_archive / "study_01.nii.gz"}
@@ -91,7 +93,7 @@ def test_flow_outputs_failures_and_no_repeated_work(prefect_harness, mixed_archi
     # second run: nothing is redone, nothing is rewritten
     before = _outputs(out)
     reports_before = {n: (out / n).stat().st_mtime_ns for n in ("volumes.csv", "volumes.html", "failures.csv")}
-    again = fsa.segment_archive(str(mixed_archive), str(tiny_model), str(out))
+    again = fsa.segment_archive(str(mixed_archive), str(phantom_model), str(out))
     assert again["processed"] == [] and again["failed"] == []
     assert again["skipped"] == sorted(good + ["scan_notes.dat", "truncated"])
     assert _outputs(out) == before
@@ -104,31 +106,32 @@ def test_flow_outputs_failures_and_no_repeated_work(prefect_harness, mixed_archi
     from medseg.io import write_volume
 
     write_volume(s.image, mixed_archive / "study_01.nii.gz")
-    third = fsa.segment_archive(str(mixed_archive), str(tiny_model), str(out))
+    third = fsa.segment_archive(str(mixed_archive), str(phantom_model), str(out))
     assert third["processed"] == ["study_01"]
     after = _outputs(out)
     assert {k: v for k, v in after.items() if "study_01" not in k} == {k: v for k, v in before.items()
                                                                         if "study_01" not in k}
 
 
-def test_transient_errors_are_retried(prefect_harness, tmp_path, tiny_model, monkeypatch):
+def test_transient_errors_are_retried(prefect_server, tmp_path, phantom_model, monkeypatch):
     """An OSError that is not bad input is retried by Prefect; the study then succeeds."""
     import flows.segment_archive as fsa
-    from medseg import batch
+    import medseg.io
+    from flows.runner import study_task
 
     archive = tmp_path / "a"
     write_tiny_archive(archive, 1)
     calls = {"n": 0}
-    real = batch._read_study
+    real = medseg.io.read_channels
 
-    def flaky(study):
+    def flaky(paths, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError(5, "Input/output error (network share)")
-        return real(study)
+        return real(paths, **kwargs)
 
-    monkeypatch.setattr(batch, "_read_study", flaky)
-    monkeypatch.setattr(fsa.segment_study_task, "retry_delay_seconds", 0)
-    record = fsa.segment_archive(str(archive), str(tiny_model), str(tmp_path / "out"))
+    monkeypatch.setattr(medseg.io, "read_channels", flaky)
+    monkeypatch.setattr(study_task, "retry_delay_seconds", 0)
+    record = fsa.segment_archive(str(archive), str(phantom_model), str(tmp_path / "out"))
     assert calls["n"] == 2
     assert record["processed"] == ["study_00"]

@@ -1,9 +1,7 @@
-"""Fixtures for inference tests: a small 3D U-Net trained on phantoms once per session by the
-project's trainer, as a real model directory (model.pt state_dict + plans.json + labels.json)."""
+"""Fixtures for inference tests: the phantom model's plans (the trained model itself is the
+session's ``phantom_model``, in tests/conftest.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -25,33 +23,6 @@ def phantom_plans(spatial_dims: int = 3, patch_size=(48, 48, 48), slice_axis=Non
                                     intensity=[IntensityConfig(kind="ct", window=CT_WINDOW)]),
         inference=InferenceDefaults(patch_size=tuple(patch_size), overlap=0.25, slice_axis=slice_axis),
         labels=labels, channel_names=["CT"])
-
-
-@pytest.fixture(scope="session")
-def trained_phantom(quick_phantom_root) -> Path:
-    """A real model directory from the real trainer (``medseg.training.quick_train_phantom_model``:
-    a 3D U-Net (8..64 channels) on 3 phantoms, 300 deterministic steps, bf16, about 20 s of CPU),
-    shared with the training tests. The folder also holds the phantom archive (``phantoms/``:
-    3 train, 1 val, 1 test)."""
-    return quick_phantom_root
-
-
-@pytest.fixture(scope="session")
-def phantom_archive(trained_phantom) -> Path:
-    """The archive the model was trained from; ``phantom_003`` (oblique LAS, 3x3x4 mm) was never trained on."""
-    return trained_phantom / "phantoms"
-
-
-@pytest.fixture(scope="session")
-def phantom_model(trained_phantom) -> Path:
-    return trained_phantom / "model"
-
-
-@pytest.fixture(scope="session")
-def phantom_predictor(phantom_model):
-    from medseg.inference import Predictor
-
-    return Predictor.from_model_dir(phantom_model, device="cpu")
 
 
 @pytest.fixture(scope="session")

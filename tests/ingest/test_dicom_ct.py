@@ -86,7 +86,7 @@ def test_dicom_with_its_segmentation_as_label(shared_data, tmp_path):
 
     seg_path = shared_data / "ct_abdomen" / "dicom_seg.nii.gz"
     report = ingest_sources([shared_data / "ct_abdomen" / "dicom"], tmp_path / "out", label=seg_path, split="train")
-    assert report.ok and len(report.ingested) == 1
+    assert report["failures_total"] == 0 and report["processed"] == ["dicom"]
     ct = nib.load(tmp_path / "out" / "dicom.nii.gz")
     lab = nib.load(tmp_path / "out" / "labels" / "dicom.nii.gz")
     assert lab.shape == ct.shape

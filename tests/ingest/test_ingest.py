@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.ingest import STATE_FILE, ingest_sources, safe_case_id
+from medseg.batch.state import read_state
+from medseg.batch.studies import safe_id
+from medseg.ingest import ingest_sources
 from medseg.io import read_volume, write_volume
 from medseg.phantoms import make_phantom, write_phantom_archive
 
@@ -66,18 +68,18 @@ def test_folder_tree_partial_failure_and_idempotent_rerun(cli, tmp_path, archive
     assert len(errors) == 1 and "broken.nii.gz" in errors[0] and "gzip" in errors[0]
     assert res.stdout.strip().startswith("ingested 5, skipped 0 (unchanged), failed 1")
     names = sorted(p.name for p in out.glob("*.nii.gz"))
-    assert names == ["mr.nii.gz", "patient_7_CT.nii.gz", "site_A_scan.nii.gz", "site_B_deep_My_scan_1.nii.gz",
-                     "site_B_scan.nii.gz"]
+    assert names == ["mr.nii.gz", "patient_7__CT.nii.gz", "site_A__scan.nii.gz", "site_B__deep__My_scan_1.nii.gz",
+                     "site_B__scan.nii.gz"]
     rows = _read_csv(out / "manifest.csv")
     assert sorted(r["case_id"] for r in rows) == [n.removesuffix(".nii.gz") for n in names]
     assert all(r["split"] == "test" and r["image"] == f"{r['case_id']}.nii.gz" for r in rows)
-    assert {r["case_id"]: r["modality"] for r in rows}["patient_7_CT"] == "CT"
+    assert {r["case_id"]: r["modality"] for r in rows}["patient_7__CT"] == "CT"
     failures = _read_csv(out / "failures.csv")
-    assert [(f["source"], f["case_id"]) for f in failures] == [(str(archive / "site A" / "broken.nii.gz"),
-                                                              "site_A_broken")]
+    assert [(f["source"], f["study"], f["stage"]) for f in failures] == [
+        (str(archive / "site A" / "broken.nii.gz"), "site_A__broken", "ingest")]
     # geometry and voxels exactly as read
-    for src, case in [(archive / "site B" / "scan.nii.gz", "site_B_scan"),
-                      (archive / "site B" / "deep" / "My scan (1).nrrd", "site_B_deep_My_scan_1")]:
+    for src, case in [(archive / "site B" / "scan.nii.gz", "site_B__scan"),
+                      (archive / "site B" / "deep" / "My scan (1).nrrd", "site_B__deep__My_scan_1")]:
         a, b = read_volume(src), read_volume(out / f"{case}.nii.gz")
         assert np.array_equal(a.array, b.array) and a.array.dtype == b.array.dtype
         np.testing.assert_allclose(b.affine, a.affine, atol=1e-9)
@@ -98,8 +100,8 @@ def test_folder_tree_partial_failure_and_idempotent_rerun(cli, tmp_path, archive
     assert res.stdout.strip().startswith("ingested 2, skipped 4 (unchanged), failed 0")
     after = _mtimes(out)
     changed = sorted(k for k in after if after[k] != stamps.get(k))
-    assert changed == ["site_A_broken.nii.gz", "site_A_scan.nii.gz"]
-    assert np.array_equal(read_volume(out / "site_A_scan.nii.gz").array, _phantom(11).image.array)
+    assert changed == ["site_A__broken.nii.gz", "site_A__scan.nii.gz"]
+    assert np.array_equal(read_volume(out / "site_A__scan.nii.gz").array, _phantom(11).image.array)
     assert _read_csv(out / "failures.csv") == []
     assert len(_read_csv(out / "manifest.csv")) == 6
     # inputs never touched (apart from the two the test itself rewrote)
@@ -111,14 +113,14 @@ def test_study_that_turns_bad_loses_its_outputs(tmp_path):
     src = tmp_path / "in" / "a.nii.gz"
     write_volume(_phantom(1).image, src)
     out = tmp_path / "out"
-    assert ingest_sources([src], out).ok
+    assert ingest_sources([src], out)["processed"] == ["a"]
     assert (out / "a.nii.gz").is_file()
     src.write_bytes(src.read_bytes()[:200])  # truncated: the source changed and is now bad
-    report = ingest_sources([src], out)
-    assert not report.ok and "truncated or corrupt gzip" in report.failed[0].error
+    record = ingest_sources([src], out)
+    assert record["failed"] == ["a"] and record["failures_total"] == 1
+    assert "truncated or corrupt gzip" in read_state(out, "a")["error"]
     assert not (out / "a.nii.gz").exists()  # the old output no longer describes its source
-    assert not (out / "manifest.csv").exists() or not _read_csv(out / "manifest.csv")
-    assert json.loads((out / STATE_FILE).read_text())["studies"] == {}
+    assert not (out / "manifest.csv").exists()
 
 
 def test_metaimage_with_detached_data_is_reingested_when_its_voxels_change(tmp_path):
@@ -131,27 +133,32 @@ def test_metaimage_with_detached_data_is_reingested_when_its_voxels_change(tmp_p
     header.parent.mkdir()
     sitk.WriteImage(volume_to_sitk(vol), str(header))  # ct.mhd + ct.raw
     out = tmp_path / "out"
-    assert [r.status for r in ingest_sources([header], out).results] == ["ingested"]
-    assert [r.status for r in ingest_sources([header], out).results] == ["skipped"]
+    assert ingest_sources([header], out)["processed"] == ["ct"]
+    assert ingest_sources([header], out)["skipped"] == ["ct"]
     sitk.WriteImage(volume_to_sitk(vol.with_array(vol.array + np.int16(1))), str(header))  # same header bytes
-    assert [r.status for r in ingest_sources([header], out).results] == ["ingested"]
+    assert ingest_sources([header], out)["processed"] == ["ct"]
     assert np.array_equal(read_volume(out / "ct.nii.gz").array, vol.array + 1)
 
 
 def test_case_ids_are_safe_unique_and_stable(tmp_path):
-    assert safe_case_id("My scan (1).nii.gz") == "My_scan_1"
-    assert safe_case_id("../../etc/passwd") == "etc_passwd"
-    assert safe_case_id("...") == "case"
-    assert safe_case_id("Ünïcode naïve.mha") == "Unicode_naive"
+    assert safe_id(["My scan (1)"]) == "My_scan_1"
+    assert safe_id(["..", "..", "etc", "passwd"]) == "etc__passwd"
+    assert safe_id(["..."]) == "study"
+    assert safe_id(["Ünïcode naïve"]) == "Ünïcode_naïve"
     a, b = tmp_path / "x" / "scan.nii.gz", tmp_path / "y" / "SCAN.nii.gz"
     write_volume(_phantom(1).image, a)
     write_volume(_phantom(2).image, b)
     out = tmp_path / "out"
     first = ingest_sources([a, b], out)
-    assert [r.study.case_id for r in first.results] == ["scan", "SCAN_2"]  # unique ignoring case
+    ids = first["processed"]
+    assert len(ids) == 2 and "scan" in ids  # unique ignoring case: the other is SCAN~<hash>
+    other = next(i for i in ids if i != "scan")
+    assert other.startswith("SCAN~") and len(other) == len("SCAN~") + 6
+    assert read_state(out, "scan")["source"] == str(a) and read_state(out, other)["source"] == str(b)
     again = ingest_sources([b, a], out)  # other order: each study keeps its id
-    assert {r.study.source: r.study.case_id for r in again.results} == {str(a): "scan", str(b): "SCAN_2"}
-    assert [r.status for r in again.results] == ["skipped", "skipped"]
+    assert again["skipped"] == sorted(ids) and again["processed"] == []
+    alone = ingest_sources([b], out)  # alone, b still does not take a's id
+    assert alone["skipped"] == [other]
 
 
 def test_out_that_is_or_holds_an_input_is_refused(cli, tmp_path):
@@ -232,8 +239,8 @@ def test_manifest_source_keeps_splits_and_checks_labels(tmp_path):
     manifest = write_phantom_archive(tmp_path / "archive", 3, shape=SHAPE, spacing=(8.0, 8.0, 10.0), variants=False,
                                      splits={"train": 2, "val": 1})
     out = tmp_path / "out"
-    report = ingest_sources([manifest], out)
-    assert report.ok and len(report.ingested) == 3
+    record = ingest_sources([manifest], out)
+    assert record["failures_total"] == 0 and len(record["processed"]) == 3
     rows = _read_csv(out / "manifest.csv")
     assert [(r["case_id"], r["image"], r["label"], r["split"], r["modality"]) for r in rows] == [
         ("phantom_000", "phantom_000.nii.gz", "labels/phantom_000.nii.gz", "train", "CT"),
@@ -261,8 +268,8 @@ def test_nnunet_dataset_json_source_with_two_channels(tmp_path):
                                                  "labels": {"background": 0, "lesion": 1},
                                                  "numTraining": 2, "file_ending": ".nii.gz"}))
     out = tmp_path / "out"
-    report = ingest_sources([ds / "dataset.json"], out)
-    assert report.ok, [r.error for r in report.failed]
+    record = ingest_sources([ds / "dataset.json"], out)
+    assert record["failures_total"] == 0, (out / "failures.csv").read_text()
     rows = _read_csv(out / "manifest.csv")
     assert rows[0] == {"case_id": "brain_001", "image": "brain_001_0000.nii.gz;brain_001_0001.nii.gz",
                        "label": "labels/brain_001.nii.gz", "split": "train", "modality": "MR"}

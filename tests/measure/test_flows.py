@@ -7,7 +7,7 @@ import json
 import shutil
 
 
-def test_evaluate_flow_over_folders_and_manifest(prefect_harness, ms_eval_dirs, tmp_path):
+def test_evaluate_flow_over_folders_and_manifest(prefect_server, ms_eval_dirs, tmp_path):
     from flows.evaluate import evaluate_flow, evaluate_manifest_flow
 
     root, expected = ms_eval_dirs
@@ -28,7 +28,7 @@ def test_evaluate_flow_over_folders_and_manifest(prefect_harness, ms_eval_dirs, 
     assert summary["lesions"]["1"]["n_detected"] == expected["patient07"][1]
 
 
-def test_volumes_flow_over_folder(prefect_harness, shared_data, tmp_path):
+def test_volumes_flow_over_folder(prefect_server, shared_data, tmp_path):
     from flows.volumes import volumes_flow
 
     ct = shared_data / "ct_abdomen"

@@ -144,7 +144,7 @@ def test_cli_reports_an_absent_device_as_a_device_error_not_the_configs(tmp_path
     assert result.stderr.strip() == f"medseg: error: {bad}: autocast 'fp16' needs a CUDA device; use 'bf16' on the CPU"
 
 
-def test_training_flow_on_a_real_prefect_engine(prefect_harness, phantom_manifest, tmp_path):
+def test_training_flow_on_a_real_prefect_engine(prefect_server, phantom_manifest, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

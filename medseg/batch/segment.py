@@ -1,0 +1,265 @@
+"""``medseg batch``: segment every new or changed study of an archive, measure it, report.
+
+The job (:class:`SegmentJob`) for the orchestrator of :mod:`medseg.batch.engine`; each study runs
+the study pipeline of :mod:`medseg.inference.pipeline` (the one ``medseg segment`` runs).
+
+Outputs under ``OUT``::
+
+    OUT/studies/<study>/segmentation.nii.gz   labels on the study's exact grid
+    OUT/studies/<study>/volumes.json          the volume report (DESIGN.md format)
+    OUT/volumes.csv, OUT/volumes.html         every finished study × structure
+    OUT/evaluation/                           Dice/HD95/NSD and lesion-wise recall, when references exist
+    OUT/state/, OUT/failures.csv, OUT/runs/   see :mod:`medseg.batch.state`
+
+Without Prefect::
+
+    from medseg.batch import BatchOptions, run_batch
+    record = run_batch("archive/", "model/", "out/", BatchOptions(crf=True, tta=True))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medseg.batch.engine import Runner, StageTracker, StudyResult, run_job
+from medseg.batch.studies import Study, discover_studies
+from medseg.errors import InputError
+
+__all__ = ["BatchOptions", "SegmentJob", "run_batch", "STUDIES_DIR", "EVALUATION_DIR",
+           "SEGMENTATION_FILE", "VOLUMES_FILE"]
+
+STUDIES_DIR = "studies"
+EVALUATION_DIR = "evaluation"
+SEGMENTATION_FILE = "segmentation.nii.gz"
+VOLUMES_FILE = "volumes.json"
+
+
+class BatchOptions(BaseModel):
+    """What is done to each study besides the network (changing it redoes the studies).
+
+    Attributes:
+        crf: refine the network's probabilities with the dense 3D CRF before taking labels, with
+            the defaults of the model's modality (CT: 12 HU intensity kernel; MR: from the image).
+        crf_config: ``CRFConfig`` fields that override those defaults.
+        components: connected-component clean-up (``ComponentsConfig`` fields), or ``None``.
+        tta: mirror test-time augmentation.
+        lesion_label: structure name whose lesions the evaluation reports.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    crf: bool = False
+    crf_config: dict[str, Any] | None = Field(
+        None, description="CRFConfig fields overriding the modality's defaults (e.g. {'intensity_sigma': None} "
+                          "to take the intensity kernel from the image's noise)")
+    components: dict[str, Any] | None = Field(
+        None, description="connected-component clean-up: the fields of medseg.postprocess.components."
+                          "ComponentsConfig (e.g. {'min_size_mm3': 100, 'largest_component': [1, 2]}); None: off")
+    tta: bool = False
+    lesion_label: str = Field("tumour", description="structure name whose lesions the evaluation reports")
+
+
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+
+
+@dataclass
+class SegmentJob:
+    """Segment each study of ``archive`` with the model in ``model_dir`` (see the module docstring).
+
+    Plain data: it travels to Dask workers, where the model is loaded once per process.
+    """
+
+    archive: str
+    model_dir: str
+    options: BatchOptions = field(default_factory=BatchOptions)
+    device: str = "auto"
+    name: str = "segment"
+    _resolved: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.archive]
+
+    # ---- run level ----------------------------------------------------------------------
+
+    def discover(self, out_dir: Path) -> list[Study]:
+        return discover_studies([self.archive], exclude=(out_dir,), on_error="raise")
+
+    def _plans(self):
+        from medseg.plans import load_plans
+
+        return load_plans(self.model_dir)
+
+    def study_options(self):
+        """The validated :class:`~medseg.inference.pipeline.StudyOptions` for this model.
+
+        Raises:
+            MedsegError: an option that is not valid (checked when the run starts).
+        """
+        from medseg.inference.pipeline import StudyOptions
+
+        if self._resolved is None:
+            o = self.options
+            self._resolved = StudyOptions.for_model(self._plans(), crf=o.crf, crf_config=o.crf_config,
+                                                    components=o.components, tta=o.tta)
+        return self._resolved
+
+    def config_key(self) -> str:
+        """Hash of the model's plans and weights and of the options (with the model's modality,
+        which decides the CRF's defaults)."""
+        from medseg.inference.pipeline import model_modality
+        from medseg.plans import PLANS_FILE, WEIGHTS_FILE
+
+        h = hashlib.blake2b(digest_size=16)
+        for name in (PLANS_FILE, WEIGHTS_FILE):
+            path = Path(self.model_dir) / name
+            if not path.is_file():
+                raise InputError(self.model_dir, f"not a model directory (no {name})")
+            _hash_file(h, path)
+        o = self.options
+        keyed = {"crf": o.crf, "crf_config": o.crf_config, "components": o.components, "tta": o.tta,
+                 "modality": model_modality(self._plans()), "lesion_label": o.lesion_label}
+        h.update(json.dumps(keyed, separators=(",", ":")).encode())
+        return h.hexdigest()
+
+    def prepare(self) -> None:
+        """Load the model here (it must load before any study runs) and validate the options."""
+        from medseg.inference.pipeline import cached_predictor
+
+        self.study_options()
+        cached_predictor(self.model_dir, device=self.device)
+
+    def study_inputs(self, study: Study) -> tuple[str, ...]:
+        return study.sources
+
+    # ---- study level --------------------------------------------------------------------
+
+    def process(self, study: Study, out_dir: Path, stage: StageTracker) -> tuple[dict[str, str], dict[str, Any]]:
+        """Read → study pipeline → ``studies/<id>/`` (written in a hidden staging folder, renamed whole)."""
+        from medseg.inference.pipeline import cached_predictor, run_study, write_study_outputs
+        from medseg.io import read_channels
+
+        stage("ingest")
+        images = read_channels(study.sources, series_uid=study.series_uid)
+        predictor = cached_predictor(self.model_dir, device=self.device)
+        final = out_dir / STUDIES_DIR / study.study_id
+        output = run_study(images, predictor, self.study_options(), labels_path=final / SEGMENTATION_FILE, stage=stage)
+        output.report["study"] = study.study_id
+        output.report["source"] = study.source
+        stage("write")
+        staging = final.with_name(f".{study.study_id}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            write_study_outputs(output, segmentation=staging / SEGMENTATION_FILE, volumes=staging / VOLUMES_FILE)
+            _commit_dir(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        rel = f"{STUDIES_DIR}/{study.study_id}"
+        return {"segmentation": f"{rel}/{SEGMENTATION_FILE}", "volumes": f"{rel}/{VOLUMES_FILE}"}, {}
+
+    def discard(self, out_dir: Path, state: dict[str, Any]) -> None:
+        shutil.rmtree(out_dir / STUDIES_DIR / state["study"], ignore_errors=True)
+
+    # ---- reports ------------------------------------------------------------------------
+
+    def _done(self, studies: list[Study], states: dict[str, dict[str, Any]]) -> list[tuple[Study, dict]]:
+        return [(s, states[s.study_id]) for s in studies if states.get(s.study_id, {}).get("status") == "done"]
+
+    def finalize(self, out_dir: Path, studies: list[Study],
+                 states: dict[str, dict[str, Any]]) -> tuple[dict[str, str], list[dict[str, str]]]:
+        """The aggregated volume report and the evaluation against reference labels."""
+        from medseg.plans import LABELS_FILE, read_labels
+        from medseg.report import write_batch_volume_reports
+
+        done = self._done(studies, states)
+        files: dict[str, str] = {}
+        if done:
+            files = {"volumes_csv": str(out_dir / "volumes.csv"), "volumes_html": str(out_dir / "volumes.html")}
+            reports = []
+            for s, state in done:
+                report = json.loads((out_dir / state["outputs"]["volumes"]).read_text(encoding="utf-8"))
+                report.setdefault("study", s.study_id)
+                reports.append(report)
+            write_batch_volume_reports(reports, files["volumes_csv"], files["volumes_html"])
+        else:
+            for name in ("volumes.csv", "volumes.html"):
+                (out_dir / name).unlink(missing_ok=True)
+        labels = read_labels(Path(self.model_dir) / LABELS_FILE)
+        evaluated, failures = _evaluate(out_dir, [(s, st) for s, st in done if s.label], labels)
+        if evaluated:
+            files["evaluation"] = str(out_dir / EVALUATION_DIR)
+        else:
+            shutil.rmtree(out_dir / EVALUATION_DIR, ignore_errors=True)
+        return files, failures
+
+
+def _evaluate(out_dir: Path, pairs: list[tuple[Study, dict]], labels: dict[int, str]) -> tuple[bool, list[dict]]:
+    """Evaluate every finished study that has a reference into ``OUT/evaluation``; a reference
+    that cannot be evaluated (missing, not on the study's grid…) is a failure row of its own
+    (stage ``evaluate``) and the others are evaluated."""
+    from medseg.measure import CasePair, evaluate_case, summarize
+    from medseg.report import write_evaluation
+
+    cases, failures = [], []
+    ids = sorted(labels)
+    for s, state in pairs:
+        pair = CasePair(s.study_id, out_dir / state["outputs"]["segmentation"], Path(s.label),
+                        Path(s.sources[0]) if s.kind == "file" and len(s.sources) == 1 else None)
+        try:
+            cases.append(evaluate_case(pair, ids))
+        except InputError as exc:
+            failures.append({"study": s.study_id, "source": s.label, "stage": "evaluate", "error": str(exc)})
+    if not cases:
+        return False, failures
+    summary = summarize(cases, labels, reference="per-study references (manifest labels or labels/ folder)",
+                        prediction=str(out_dir / STUDIES_DIR))
+    write_evaluation(summary, cases, out_dir / EVALUATION_DIR)
+    return True, failures
+
+
+def _commit_dir(staging: Path, final: Path) -> None:
+    """Move a finished staging folder into place (replacing an older result whole)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.partial-{os.getpid()}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_batch(archive: str | Path, model_dir: str | Path, out_dir: str | Path, options: BatchOptions | None = None,
+              *, device: str = "auto", runner: Runner | None = None,
+              on_study: Callable[[StudyResult], None] | None = None) -> dict[str, Any]:
+    """Segment the new or changed studies of ``archive`` into ``out_dir``, in this process.
+
+    The Prefect flow ``segment-archive`` (``flows/segment_archive.py``) runs the same job with
+    its studies mapped as tasks.
+
+    Args:
+        archive: a folder tree or a manifest CSV (see :mod:`medseg.batch.studies`).
+        model_dir: the model directory (loaded once per process).
+        out_dir: the output folder.
+        options: :class:`BatchOptions`.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        runner: how studies are mapped (:class:`~medseg.batch.engine.LocalRunner` by default).
+        on_study: called with each :class:`~medseg.batch.engine.StudyResult`.
+
+    Returns:
+        The run record (:func:`medseg.batch.engine.finalize_run`).
+    """
+    job = SegmentJob(str(archive), str(model_dir), options or BatchOptions(), device)
+    return run_job(job, out_dir, runner=runner, on_result=on_study)

@@ -1,0 +1,247 @@
+"""The study pipeline: predict → CRF → components → volumes, the same for every entry point.
+
+``medseg segment`` (:func:`medseg.inference.segment_file`), ``medseg batch`` and its Prefect flow
+(:mod:`medseg.batch.segment`) and ``medseg demo`` all run :func:`run_study` with a
+:class:`StudyOptions`, so a study gives the same labels voxel for voxel whichever way it is run.
+
+>>> options = StudyOptions.for_model(predictor.plans, crf=True, tta=True)   # doctest: +SKIP
+>>> output = run_study(read_channels(["flair.nii.gz", "t1c.nii.gz"]), predictor, options)
+>>> write_study_outputs(output, segmentation="seg.nii.gz", volumes="volumes.json")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from medseg.errors import InputError, MedsegError, validation_message
+from medseg.io.volume import Volume
+from medseg.postprocess.components import ComponentsConfig
+from medseg.postprocess.crf import CRFConfig
+
+__all__ = ["DEFAULT_COMPONENTS", "StudyOptions", "StudyOutput", "run_study", "write_study_outputs", "cached_predictor",
+           "predictor_loads", "model_modality"]
+
+StageFn = Callable[[str], None]
+
+# ``--components`` without a config: drop blobs under 0.1 mL and fill enclosed holes, every class.
+DEFAULT_COMPONENTS: dict[str, Any] = {"min_size_mm3": 100.0, "fill_holes": True}
+
+
+def model_modality(plans) -> str:
+    """``"CT"`` when every input channel of the model is normalised as CT (HU), else ``"MR"``:
+    the defaults of the CRF's intensity kernel."""
+    kinds = {c.kind for c in plans.preprocess.intensity}
+    return "CT" if kinds == {"ct"} else "MR"
+
+
+class StudyOptions(BaseModel):
+    """What is done to a study after the network: validated once, when a run starts.
+
+    Attributes:
+        crf: the dense CRF's parameters (the model modality's defaults with any overrides), or
+            ``None`` for no CRF.
+        components: connected-component clean-up, or ``None`` for none.
+        tta: mirror test-time augmentation (every flip combination, probabilities averaged).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    crf: CRFConfig | None = None
+    components: ComponentsConfig | None = None
+    tta: bool = False
+
+    @classmethod
+    def for_model(cls, plans, *, crf: bool = False, crf_config: dict[str, Any] | None = None,
+                  components: dict[str, Any] | ComponentsConfig | None = None, tta: bool = False) -> "StudyOptions":
+        """Options for a model: ``crf`` takes the defaults of the model's modality
+        (:func:`model_modality`: CT 12 HU, MR estimated from the image) with ``crf_config``
+        overrides.
+
+        Raises:
+            MedsegError: a ``crf_config`` or ``components`` setting that is not valid.
+        """
+        try:
+            crf_cfg = CRFConfig.for_modality(model_modality(plans), **(crf_config or {})) if crf else None
+            comp = (components if isinstance(components, ComponentsConfig) or components is None
+                    else ComponentsConfig.model_validate(components))
+        except (ValueError, TypeError) as exc:
+            raise MedsegError(f"invalid CRF or components option: {validation_message(exc)}") from None
+        return cls(crf=crf_cfg, components=comp, tta=tta)
+
+
+@dataclass
+class StudyOutput:
+    """One study through the pipeline.
+
+    Attributes:
+        labels: class ids (uint8; uint16 beyond 255 classes) on the input's exact grid.
+        image: the first channel (its grid is the labels' grid).
+        prediction: the network's :class:`~medseg.inference.Prediction`; after the CRF its
+            probabilities are the refined ones.
+        report: the volume report (:func:`medseg.measure.volumes.compute_volumes`), or ``None``.
+        timings: seconds per stage.
+    """
+
+    labels: Volume
+    image: Volume
+    prediction: Any
+    report: dict[str, Any] | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _crf_image(images: Sequence[Volume], cfg: CRFConfig) -> np.ndarray:
+    """The appearance kernel's intensities: ``(X, Y, Z)`` or ``(Ci, X, Y, Z)`` float32 (as many
+    channels as the config gives intensity σ for; up to three when they are estimated)."""
+    n = len(cfg.intensity_sigma) if cfg.intensity_sigma is not None else min(3, len(images))
+    chans = [np.asarray(v.array, dtype=np.float32) for v in images[:n]]
+    return chans[0] if len(chans) == 1 else np.stack(chans)
+
+
+def run_study(images: Volume | Sequence[Volume], predictor, options: StudyOptions, *, volumes: bool = True,
+              keep_probabilities: bool = False, labels_path: str | Path | None = None,
+              stage: StageFn | None = None) -> StudyOutput:
+    """Segment one study and measure it: predict → (CRF) → (components) → (volumes).
+
+    Args:
+        images: the study, one :class:`Volume` per model channel (same grid), in the model's
+            channel order.
+        predictor: a loaded :class:`medseg.inference.Predictor`.
+        options: :class:`StudyOptions`.
+        volumes: also compute the volume report (first channel's intensities).
+        keep_probabilities: keep the probabilities so that ``output.prediction.probabilities()``
+            can be asked for (they are kept anyway for the CRF).
+        labels_path: where the labels will be written (the volume report's ``segmentation``).
+        stage: called with ``"segment"``, ``"crf"``, ``"components"``, ``"volumes"`` as each starts.
+
+    Returns:
+        :class:`StudyOutput`.
+    """
+    say = stage or (lambda name: None)
+    vols = [images] if isinstance(images, Volume) else list(images)
+    say("segment")
+    prediction = predictor.predict(vols, tta=options.tta,
+                                   keep_probabilities=bool(keep_probabilities or options.crf is not None))
+    timings = dict(prediction.timings)
+    if options.crf is not None:
+        from medseg.postprocess.crf import dense_crf
+
+        say("crf")
+        t0 = time.perf_counter()
+        probs = np.moveaxis(prediction.probabilities(np.float32), -1, 0)  # (K, X, Y, Z)
+        with predictor.runtime.activate():
+            refined = dense_crf(_crf_image(vols, options.crf), probs, vols[0].spacing, options.crf,
+                                device=str(predictor.runtime.device))
+        del probs
+        prediction = prediction.with_probabilities(np.asarray(refined))
+        timings["crf"] = time.perf_counter() - t0
+    labels = prediction.labels
+    labels.source = None if labels_path is None else str(labels_path)
+    if options.components is not None:
+        from medseg.postprocess.components import clean_labels
+
+        say("components")
+        t0 = time.perf_counter()
+        cleaned = np.asarray(clean_labels(labels.array, vols[0].spacing, options.components))
+        labels = labels.with_array(cleaned.astype(labels.array.dtype, copy=False))
+        timings["components"] = time.perf_counter() - t0
+    report = None
+    if volumes:
+        from medseg.measure.volumes import compute_volumes
+
+        say("volumes")
+        t0 = time.perf_counter()
+        report = compute_volumes(labels, vols[0], predictor.label_names)
+        timings["volumes"] = time.perf_counter() - t0
+    return StudyOutput(labels=labels, image=vols[0], prediction=prediction, report=report, timings=timings)
+
+
+def write_study_outputs(output: StudyOutput, *, segmentation: str | Path, volumes: str | Path | None = None,
+                        probabilities: str | Path | None = None) -> dict[str, Path]:
+    """Write a study's outputs, all or none: each goes to a temporary name, and they are renamed
+    into place together once every one is complete.
+
+    Args:
+        segmentation: the label map (NIfTI keeps the input's header codes; or .nrrd/.mha).
+        volumes: the volume report (``.json``, ``.csv`` or ``.html``).
+        probabilities: 4D NIfTI ``(X, Y, Z, C)`` float16 probabilities on the input grid (after
+            the CRF when it ran); the study must have been run with ``keep_probabilities``.
+
+    Returns:
+        what was written, by name (``segmentation``, ``volumes``, ``probabilities``).
+    """
+    from medseg.io import atomic_path, write_nifti_array, write_volume
+
+    written: dict[str, Path] = {}
+    with contextlib.ExitStack() as stack:
+        if probabilities is not None:
+            probs = output.prediction.probabilities(np.float16)
+            tmp = stack.enter_context(atomic_path(probabilities))
+            write_nifti_array(probs, output.image.affine, tmp, header=output.image.meta.get("nifti_header"))
+            del probs
+            written["probabilities"] = Path(probabilities)
+        if volumes is not None:
+            if output.report is None:
+                raise ValueError("the study was run without volumes=True: there is no volume report to write")
+            from medseg.report import write_volume_report
+
+            tmp = stack.enter_context(atomic_path(volumes))
+            write_volume_report(output.report, tmp)
+            written["volumes"] = Path(volumes)
+        tmp = stack.enter_context(atomic_path(segmentation))
+        write_volume(output.labels, tmp)
+        written["segmentation"] = Path(segmentation)
+    return written
+
+
+# ------------------------------------------------------------------ one model per process
+
+_PREDICTORS: dict[tuple, Any] = {}
+_PREDICTOR_LOCK = threading.Lock()
+_LOADS = {"count": 0}
+
+
+def cached_predictor(model_dir: str | Path, *, device: str = "auto", autocast: str = "none"):
+    """The :class:`~medseg.inference.Predictor` of ``model_dir`` in this process, loaded on first use.
+
+    Keyed by (resolved folder, the weights' and plans' modification times, device, autocast):
+    every study that runs in this process (a batch worker) reuses it; new weights in the same
+    folder are loaded again. One model is kept per process.
+
+    Raises:
+        InputError: not a loadable model directory.
+    """
+    from medseg.inference.predictor import Predictor
+    from medseg.plans import PLANS_FILE, WEIGHTS_FILE
+
+    folder = Path(model_dir).resolve()
+    stamps = []
+    for name in (WEIGHTS_FILE, PLANS_FILE):
+        try:
+            stamps.append((folder / name).stat().st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    key = (str(folder), tuple(stamps), device, autocast)
+    with _PREDICTOR_LOCK:
+        predictor = _PREDICTORS.get(key)
+        if predictor is None:
+            if not folder.is_dir():
+                raise InputError(model_dir, "model directory does not exist" if not folder.exists()
+                                 else "is not a folder (expected a model directory)")
+            predictor = Predictor.from_model_dir(folder, device=device, autocast=autocast)
+            _PREDICTORS.clear()
+            _PREDICTORS[key] = predictor
+            _LOADS["count"] += 1
+    return predictor
+
+
+def predictor_loads() -> int:
+    """How many models :func:`cached_predictor` has loaded in this process."""
+    return _LOADS["count"]
