@@ -113,6 +113,14 @@ def phantom_archive(quick_phantom_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def phantom_manifest(tmp_path_factory) -> Path:
+    """4 phantoms (3 train, 1 val) on the archive's varied grids (RAS, oblique LPS, anisotropic, oblique LAS)."""
+    from medseg.phantoms import write_phantom_archive
+
+    return write_phantom_archive(tmp_path_factory.mktemp("phantoms"), 4, seed=10, splits={"train": 3, "val": 1})
+
+
+@pytest.fixture(scope="session")
 def phantom_predictor(phantom_model):
     from medseg.inference import Predictor
 

@@ -11,7 +11,9 @@ import pytest
 
 from medseg.errors import InputError
 from medseg.manifest import import_msd, read_manifest, read_msd, read_msd_labels
+from medseg.training import load_train_config
 
+ROOT = Path(__file__).resolve().parents[1]
 HEADER = "case_id,image,label,split,modality\n"
 
 
@@ -181,3 +183,55 @@ def test_not_a_dataset_json(tmp_path):
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(InputError, match="not a readable dataset.json"):
         read_msd(tmp_path / "dataset.json")
+
+
+def test_brats_manifest_resolves_inside_its_root(shared_data):
+    from medseg.training.data import load_split_rows
+
+    cfg = load_train_config(ROOT / "configs" / "brats_unet3d.yaml")
+    assert cfg.data.root is None
+    train_rows, val_rows = load_split_rows(cfg, cfg.data.manifest)
+    assert len(train_rows) == 3 and len(val_rows) == 1
+    assert all(len(r.images) == 2 and r.images[0].name.startswith("Flair") for r in train_rows + val_rows)
+    assert all(p.is_relative_to(shared_data) for r in train_rows + val_rows for p in r.images + (r.label,))
+
+
+def test_shared_data_dir_follows_the_environment_else_the_main_working_tree(monkeypatch, tmp_path):
+    import subprocess
+
+    from medseg.manifest import shared_data_dir
+
+    monkeypatch.setenv("MEDSEG_SHARED_DATA", str(tmp_path))
+    assert shared_data_dir() == tmp_path.resolve()
+    monkeypatch.delenv("MEDSEG_SHARED_DATA")
+    try:  # the main working tree of this checkout's repository (this checkout, unless it is a linked worktree)
+        common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    assert shared_data_dir() == (Path(common).parent.parent / "shared" / "data").resolve()
+
+
+def test_shared_data_paths_resolve_and_stay_confined(monkeypatch, tmp_path):
+    from medseg.manifest import read_manifest
+
+    shared = tmp_path / "elsewhere" / "shared"
+    (shared / "case").mkdir(parents=True)
+    (shared / "case" / "ct.nii.gz").write_bytes(b"x")
+    monkeypatch.setenv("MEDSEG_SHARED_DATA", str(shared))
+    folder = tmp_path / "checkout" / "data_manifests"
+    folder.mkdir(parents=True)
+    good = folder / "good.csv"
+    good.write_text("case_id,image,label,split\nc1,${MEDSEG_SHARED_DATA}/case/ct.nii.gz,,test\n")
+    (row,) = read_manifest(good)
+    assert row.images == ((shared / "case" / "ct.nii.gz").resolve(),)
+    bad = folder / "bad.csv"
+    bad.write_text("case_id,image,label,split\nc1,${MEDSEG_SHARED_DATA}/../../etc/passwd,,test\n")
+    with pytest.raises(InputError, match=r"line 2: path '\$\{MEDSEG_SHARED_DATA\}/\.\./\.\./etc/passwd' escapes "
+                                          "the shared data folder"):
+        read_manifest(bad, check_exists=False)
+    # without the prefix, the shared folder is not an allowed root: the manifest's folder is
+    plain = folder / "plain.csv"
+    plain.write_text("case_id,image,label,split\nc1,../../elsewhere/shared/case/ct.nii.gz,,test\n")
+    with pytest.raises(InputError, match="escapes the manifest root"):
+        read_manifest(plain)

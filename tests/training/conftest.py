@@ -53,20 +53,6 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def phantom_manifest(tmp_path_factory) -> Path:
-    """4 phantoms (3 train, 1 val) on the archive's varied grids (RAS, oblique LPS, anisotropic, oblique LAS)."""
-    from medseg.phantoms import write_phantom_archive
-
-    return write_phantom_archive(tmp_path_factory.mktemp("phantoms"), 4, seed=10, splits={"train": 3, "val": 1})
-
-
-@pytest.fixture(scope="session")
-def quick_model(quick_phantom_root) -> Path:
-    """The ready-made model of :func:`medseg.training.quick_train_phantom_model` (trained once per session)."""
-    return quick_phantom_root / "model"
-
-
 def segment_volume(model_dir: Path, image, **options) -> np.ndarray:
     """Label map on ``image``'s own grid, from nothing but the model directory (the user's predictor)."""
     from medseg.inference import Predictor

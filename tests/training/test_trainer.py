@@ -23,47 +23,47 @@ from tests.training.conftest import TINY_CONFIG, dice, predictor_val_dice, segme
 TIMING_COLUMNS = {"train_seconds", "samples_per_s", "val_seconds"}
 
 
-def test_quick_phantom_model_learns_and_segments_a_held_out_phantom(quick_model):
-    log = json.loads((quick_model / "training_log.json").read_text())
+def test_quick_phantom_model_learns_and_segments_a_held_out_phantom(phantom_model):
+    log = json.loads((phantom_model / "training_log.json").read_text())
     losses = [row["train_loss"] for row in log["epochs"]]
     assert len(losses) == 5
     assert losses[-1] < 0.6 * losses[0], losses
     assert log["summary"]["steps_done"] == 300
     assert log["epochs"][-1]["val_dice_foreground"] >= 0.8
     # validated (bf16) by the predictor a user gets from the model directory, on the val phantom's own grid
-    users = predictor_val_dice(quick_model, quick_model.parent / "phantoms" / "manifest.csv",
-                               load_plans(quick_model).labels, num_threads=log["summary"]["threads"], autocast="bf16")
+    users = predictor_val_dice(phantom_model, phantom_model.parent / "phantoms" / "manifest.csv",
+                               load_plans(phantom_model).labels, num_threads=log["summary"]["threads"], autocast="bf16")
     assert users == pytest.approx(log["summary"]["best_val_dice_mean"], abs=1e-6)
     # a phantom never seen in training, on an oblique LPS grid, segmented from the model directory alone
     study = make_phantom(77, orientation="LPS", rotation_deg=(5.0, -4.0, 8.0))
-    pred = segment_volume(quick_model, study.image)
+    pred = segment_volume(phantom_model, study.image)
     ref = study.label.array
     assert pred.shape == ref.shape
     assert dice(pred > 0, ref > 0) >= 0.8
     assert dice(pred == 1, ref == 1) >= 0.8  # liver
 
 
-def test_model_directory_is_complete_and_loads_weights_only(quick_model):
-    plans = load_plans(quick_model)
+def test_model_directory_is_complete_and_loads_weights_only(phantom_model):
+    plans = load_plans(phantom_model)
     assert plans.model.name == "unet" and plans.model.spatial_dims == 3
     assert plans.model.in_channels == 1 and plans.model.out_channels == 6
     assert plans.inference.patch_size == (48, 48, 32) and plans.inference.slice_axis is None
     assert plans.preprocess.target_spacing == (4.0, 4.0, 4.0)
     assert plans.labels == {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "tumour"}
-    assert read_labels(quick_model / "labels.json") == plans.labels
-    state = torch.load(quick_model / "model.pt", weights_only=True)
+    assert read_labels(phantom_model / "labels.json") == plans.labels
+    state = torch.load(phantom_model / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     for name in ("last.pt", "best.pt"):
-        ckpt = torch.load(quick_model / "checkpoints" / name, weights_only=True)
+        ckpt = torch.load(phantom_model / "checkpoints" / name, weights_only=True)
         assert ckpt["step"] == 300
     # the resolved config re-validates and rebuilds the same run
-    cfg = load_train_config(quick_model / "config.yaml")
+    cfg = load_train_config(phantom_model / "config.yaml")
     assert cfg.total_steps == 300 and cfg.model.options["channels"] == [8, 16, 32, 64]
-    header = (quick_model / "training_log.csv").read_text().splitlines()[0].split(",")
+    header = (phantom_model / "training_log.csv").read_text().splitlines()[0].split(",")
     for col in ("epoch", "step", "train_loss", "lr", "samples_per_s", "val_dice_liver", "val_dice_mean",
                 "val_dice_foreground"):
         assert col in header
-    assert not list(quick_model.rglob(".*partial*"))
+    assert not list(phantom_model.rglob(".*partial*"))
 
 
 def _rows_without_timing(path: Path) -> list[dict]:

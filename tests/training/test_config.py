@@ -1,0 +1,58 @@
+"""Config validation (unknown keys named), the shipped configs, library errors that name the right thing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg.errors import InputError
+from medseg.training import TrainConfig, load_train_config
+from tests.training.conftest import tiny_config, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate_and_build_their_model(path):
+    from medseg.models import available_models, create_model
+
+    cfg = load_train_config(path)
+    assert cfg.data.manifest is not None and cfg.data.manifest.is_absolute()
+    if cfg.model.name not in available_models():
+        pytest.skip(f"architecture {cfg.model.name!r} is not in this checkout's registry yet")
+    net = create_model(cfg.model.name, cfg.model.spatial_dims, len(cfg.data.channels), cfg.num_classes,
+                       **cfg.model.options)
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"optimiser": {"name": "adamw", "lrr": 0.1}}, "optimiser.lrr: unknown key"),
+    ({"data": {"augment": {"flip_probability": 0.5}}}, "data.augment.flip_probability: unknown key"),
+    ({"learning_rate": 0.1}, "learning_rate: unknown key"),
+    ({"epochs": 3}, "give exactly one of 'steps' or 'epochs'"),
+    ({"patch_size": [32, 32]}, "patch_size must be 3 positive voxel counts"),
+    ({"loss": {"name": "focal", "options": {"gama": 2}}}, "unknown option 'gama' for loss 'focal'; did you mean 'gamma'"),
+    ({"loss": {"name": "dice_focall"}}, "loss.name"),
+    ({"data": {"labels": {1: "a", 3: "b"}}}, "labels must map the ids 1..K"),
+    ({"optimiser": {"name": "adam"}}, "optimiser.name"),
+])
+def test_config_errors_name_the_key(tmp_path, change, words):
+    path = write_config(tiny_config(**change), tmp_path / "bad.yaml")
+    with pytest.raises(InputError) as err:
+        load_train_config(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and words in message and "\n" not in message
+
+
+def test_missing_manifest_and_bad_device_are_clear(tmp_path, phantom_manifest):
+    from medseg.runtime import DeviceError
+    from medseg.training import train
+
+    cfg = TrainConfig.model_validate(tiny_config())
+    with pytest.raises(ValueError, match="no manifest"):
+        train(cfg, out_dir=tmp_path / "a")
+    with pytest.raises(DeviceError, match="device must be one of auto, cpu, cuda or cuda:N, not 'gpu'"):
+        train(cfg, manifest=phantom_manifest, out_dir=tmp_path / "b", device="gpu")
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(cfg, manifest=phantom_manifest, out_dir=tmp_path / "c", resume=True)
