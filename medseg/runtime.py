@@ -17,8 +17,8 @@ Rules:
 - **autocast**: ``none`` (float32), ``bf16`` (CPU or CUDA; about twice as fast for a U-Net on a
   CPU), ``fp16`` (CUDA only), or ``auto``: bf16 on CUDA (fp16 where the GPU lacks bf16), none on
   the CPU. :func:`resolve_runtime` turns ``auto`` into one of the other three.
-- **threads** (:func:`default_threads`): 2 torch intra-op threads (at most the CPU count), or 1
-  when the machine is already busy (1-minute load average above the CPU count), where several
+- **threads** (:func:`default_threads`): ``MEDSEG_THREADS`` when set; else 2 torch intra-op
+  threads (at most the CPU count), or 1 when the machine is already busy (1-minute load average above the CPU count), where several
   spinning OpenMP threads per process slow everyone down many times over. More than 2 threads
   was not faster for medseg's models on small machines. Pin the count to compare runs bit for bit.
 """
@@ -35,7 +35,7 @@ from medseg.errors import MedsegError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceError", "AutocastMode", "AUTOCAST_MODES", "DEVICE_CHOICES", "Runtime", "resolve_device",
+__all__ = ["THREADS_ENV", "DeviceError", "AutocastMode", "AUTOCAST_MODES", "DEVICE_CHOICES", "Runtime", "resolve_device",
            "autocast_dtype", "default_threads", "resolve_runtime"]
 
 AutocastMode = Literal["none", "bf16", "fp16", "auto"]
@@ -115,9 +115,22 @@ def autocast_dtype(device_type: str, mode: str):
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[_concrete_autocast(device_type, mode)]
 
 
+THREADS_ENV = "MEDSEG_THREADS"
+
+
 def default_threads() -> int:
-    """torch's intra-op CPU threads when none are asked for: 2 (at most the CPU count), or 1 when the
-    1-minute load average already exceeds the CPU count (a busy, shared machine)."""
+    """torch's intra-op CPU threads when none are asked for: ``MEDSEG_THREADS`` when set (pins the
+    count for every medseg process, batch workers included), else 2 (at most the CPU count), or 1
+    when the 1-minute load average already exceeds the CPU count (a busy, shared machine).
+
+    Raises:
+        ValueError: ``MEDSEG_THREADS`` is not a whole number ≥ 1.
+    """
+    pinned = os.environ.get(THREADS_ENV, "").strip()
+    if pinned:
+        if not pinned.isdigit() or int(pinned) < 1:
+            raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, not {pinned!r}")
+        return int(pinned)
     n = os.cpu_count() or 1
     try:
         busy = os.getloadavg()[0] > n

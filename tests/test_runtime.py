@@ -105,3 +105,12 @@ def test_activate_sets_threads_and_restores_them(threads_three):
     t.start()
     t.join()
     assert seen == [1] and torch.get_num_threads() == 3
+
+
+def test_threads_pinned_by_the_environment(monkeypatch):
+    monkeypatch.setenv("MEDSEG_THREADS", "3")
+    assert default_threads() == 3 and resolve_runtime("cpu").threads == 3
+    assert resolve_runtime("cpu", threads=1).threads == 1  # an explicit count wins
+    monkeypatch.setenv("MEDSEG_THREADS", "two")
+    with pytest.raises(ValueError, match="MEDSEG_THREADS must be a whole number"):
+        default_threads()

@@ -136,6 +136,7 @@ def run_demo(out: Path, *, n_studies: int = 8, n_train: int = 8, train_steps: in
 def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder (archive, model, batch results)."),
     studies: int = typer.Option(8, "--studies", min=1, help="Phantom studies in the archive."),
+    train_studies: int = typer.Option(8, "--train-studies", min=1, help="Phantoms the model is trained on."),
     train_steps: int = typer.Option(1500, "--train-steps", min=1, help="Training steps."),
     train_seconds: float = typer.Option(150.0, "--train-seconds", min=5.0,
                                         help="Stop training earlier after this many seconds."),
@@ -144,7 +145,8 @@ def demo_command(
     """Run the whole pipeline on phantoms: archive → trained 3D U-Net → batch flow with CRF → reports."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    summary = run_demo(out, n_studies=studies, train_steps=train_steps, train_seconds=train_seconds, crf=crf)
+    summary = run_demo(out, n_studies=studies, n_train=train_studies, train_steps=train_steps,
+                       train_seconds=train_seconds, crf=crf)
     rep = summary["reports"]
     typer.echo("")
     typer.echo(f"medseg demo: {summary['processed']} of {summary['studies']} phantom studies segmented "

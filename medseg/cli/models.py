@@ -1,8 +1,10 @@
-"""``medseg models``: the registry of architectures, with parameter counts at default width."""
+"""``medseg models``: the registry of architectures, or ``--describe MODEL``: what a model folder expects."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -15,12 +17,18 @@ __all__ = ["models"]
 @handle_errors
 def models(
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
+    describe: Optional[Path] = typer.Option(None, "--describe", metavar="MODEL",
+                                            help="Describe a model folder instead: its input channels (the order "
+                                                 "`medseg segment INPUT...` takes them in), labels, grid and window."),
 ) -> None:
     """List the registered architectures: name, spatial dims, parameters at default width, description.
 
     Parameter counts are for the 3D model with 1 input channel and 2 classes (default options);
     the models are built on PyTorch's meta device, so nothing is allocated.
     """
+    if describe is not None:
+        _describe(describe, as_json)
+        return
     import torch
 
     from medseg.models import MODELS, create_model
@@ -43,3 +51,35 @@ def models(
         typer.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
         if i == 0:
             typer.echo(f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * widths[2]}  {'-' * len(header[3])}")
+
+
+def _describe(model_dir: Path, as_json: bool) -> None:
+    """Print what ``medseg segment`` needs to know about a model folder (read from plans.json only)."""
+    from medseg.inference.pipeline import model_modality
+    from medseg.plans import load_plans
+
+    plans = load_plans(model_dir)
+    pre = plans.preprocess
+    info = {
+        "model": str(model_dir),
+        "architecture": plans.model.name,
+        "spatial_dims": plans.model.spatial_dims,
+        "channels": list(plans.channel_names),
+        "labels": {str(k): v for k, v in sorted(plans.labels.items())},
+        "modality": model_modality(plans),
+        "orientation": pre.orientation,
+        "target_spacing_mm": list(pre.target_spacing) if pre.target_spacing is not None else None,
+        "patch_size": list(plans.inference.patch_size),
+        "overlap": plans.inference.overlap,
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    channels = " ".join(f"{i + 1}:{name}" for i, name in enumerate(info["channels"]))
+    typer.echo(f"model:         {model_dir} ({info['architecture']}, {info['spatial_dims']}D, {info['modality']})")
+    typer.echo(f"channels:      {channels}  (give `medseg segment` one INPUT per channel, in this order)")
+    typer.echo(f"labels:        {', '.join(f'{k} {v}' for k, v in info['labels'].items())}")
+    spacing = info["target_spacing_mm"]
+    typer.echo(f"grid:          {info['orientation']}, "
+               f"{'x'.join(f'{s:g}' for s in spacing) + ' mm' if spacing else 'native spacing'}; "
+               f"window {'x'.join(map(str, info['patch_size']))}, overlap {info['overlap']:g}")

@@ -98,9 +98,10 @@ class StudyOutput:
 
 
 def _crf_image(images: Sequence[Volume], cfg: CRFConfig) -> np.ndarray:
-    """The appearance kernel's intensities: ``(X, Y, Z)`` or ``(Ci, X, Y, Z)`` float32 (as many
-    channels as the config gives intensity σ for; up to three when they are estimated)."""
-    n = len(cfg.intensity_sigma) if cfg.intensity_sigma is not None else min(3, len(images))
+    """The appearance kernel's intensities, float32: the first channel ``(X, Y, Z)``, or
+    ``(Ci, X, Y, Z)`` when the config gives an intensity σ for each of several channels (every
+    intensity channel multiplies the bilateral grid's size)."""
+    n = len(cfg.intensity_sigma) if cfg.intensity_sigma is not None else 1
     chans = [np.asarray(v.array, dtype=np.float32) for v in images[:n]]
     return chans[0] if len(chans) == 1 else np.stack(chans)
 

@@ -274,3 +274,22 @@ def test_nnunet_dataset_json_source_with_two_channels(tmp_path):
     assert rows[0] == {"case_id": "brain_001", "image": "brain_001_0000.nii.gz;brain_001_0001.nii.gz",
                        "label": "labels/brain_001.nii.gz", "split": "train", "modality": "MR"}
     assert np.array_equal(read_volume(out / "brain_002_0001.nii.gz").array, _phantom(2).image.array // 2)
+
+
+def test_folder_with_nnunet_channel_files_gives_multichannel_studies(tmp_path):
+    """``case_0000`` / ``case_0001`` in a folder are one two-channel study; channels off the first's grid are refused."""
+    folder = tmp_path / "imagesTs"
+    study = _phantom(1)
+    write_volume(study.image, folder / "brain_0000.nii.gz")
+    write_volume(study.image.with_array((study.image.array // 2).astype(np.int16)), folder / "brain_0001.nii.gz")
+    write_volume(study.image, folder / "odd_0000.nii.gz")
+    write_volume(_phantom(2, orientation="LPS").image, folder / "odd_0001.nii.gz")  # another grid
+    out = tmp_path / "out"
+    record = ingest_sources([folder], out)
+    assert record["processed"] == ["brain"] and record["failed"] == ["odd"]
+    rows = _read_csv(out / "manifest.csv")
+    assert [(r["case_id"], r["image"]) for r in rows] == [("brain", "brain_0000.nii.gz;brain_0001.nii.gz")]
+    assert np.array_equal(read_volume(out / "brain_0001.nii.gz").array, study.image.array // 2)
+    [failure] = _read_csv(out / "failures.csv")
+    assert failure["study"] == "odd" and failure["error"].startswith(f"{folder / 'odd_0001.nii.gz'}: channel")
+    assert str(folder / "odd_0000.nii.gz") in failure["error"]

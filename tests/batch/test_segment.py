@@ -1,0 +1,117 @@
+"""The segmentation job: the study pipeline through the batch, the same labels as `medseg segment`,
+features that change the result when on (TTA, CRF, components), channels and MetaImage pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medseg.batch import BatchOptions, run_batch
+from medseg.io import read_volume, write_volume
+from medseg.phantoms import make_phantom
+
+
+def _seg(out, sid):
+    return read_volume(out / "studies" / sid / "segmentation.nii.gz").array
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory):
+    """Two small phantoms (one oblique LPS), each with 3 tumours."""
+    root = tmp_path_factory.mktemp("small_archive")
+    write_volume(make_phantom(801, shape=(48, 44, 30), spacing=(4.0, 4.0, 5.0), n_tumours=3).image, root / "a.nii.gz")
+    write_volume(make_phantom(802, shape=(48, 44, 30), spacing=(4.0, 4.0, 5.0), orientation="LPS",
+                              rotation_deg=(6.0, 0.0, 9.0), n_tumours=3).image, root / "b.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def plain_run(small_archive, phantom_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain")
+    record = run_batch(small_archive, phantom_model, out, BatchOptions(), device="cpu")
+    assert record["processed"] == ["a", "b"]
+    return out
+
+
+@pytest.mark.parametrize("option", [{"tta": True}, {"crf": True},
+                                    {"components": {"largest_component": True, "min_size_mm3": 500.0}}],
+                         ids=["tta", "crf", "components"])
+def test_each_option_changes_the_labels_and_is_what_the_pipeline_gives(option, small_archive, phantom_model,
+                                                                      phantom_predictor, plain_run, tmp_path):
+    """A feature that silently did nothing would fail: on and off give other labels, and the batch's
+    labels are the study pipeline's (the one `medseg segment` runs)."""
+    from medseg.inference import StudyOptions, run_study
+
+    out = tmp_path / "out"
+    record = run_batch(small_archive, phantom_model, out, BatchOptions(**option), device="cpu")
+    assert record["processed"] == ["a", "b"] and record["failed"] == []
+    changed = sum(int((_seg(out, s) != _seg(plain_run, s)).sum()) for s in ("a", "b"))
+    assert changed > 0
+    image = read_volume(small_archive / "b.nii.gz")
+    opts = StudyOptions.for_model(phantom_predictor.plans, **option)
+    expected = run_study(image, phantom_predictor, opts, volumes=False).labels.array
+    assert np.array_equal(_seg(out, "b"), expected)
+    state = json.loads((out / "state" / "b.json").read_text())
+    assert state["config_key"] != json.loads((plain_run / "state" / "b.json").read_text())["config_key"]
+
+
+def test_batch_and_segment_give_the_same_labels_on_a_two_channel_mr_model(mr_model, prefect_server, cli, tmp_path):
+    """`medseg batch --crf --tta` over nnU-Net-named channel files and `medseg segment A B --crf --tta`
+    agree voxel for voxel, with the MR intensity kernel (estimated from the image, not 12 HU)."""
+    from medseg.inference import StudyOptions
+    from medseg.plans import load_plans
+
+    model, archive = mr_model / "model", mr_model / "archive"
+    assert StudyOptions.for_model(load_plans(model), crf=True).crf.intensity_sigma is None  # MR: from the image
+    env = {**prefect_server, "MEDSEG_THREADS": "1"}
+    out = tmp_path / "batch"
+    r = cli("batch", archive, "--model", model, "--out", out, "--crf", "--tta", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (out / "studies").iterdir()) == ["mr_00", "mr_01"]
+    seg = tmp_path / "segment.nii.gz"
+    r = cli("segment", archive / "mr_01_0000.nii.gz", archive / "mr_01_0001.nii.gz", "--model", model, "-o", seg,
+            "--crf", "--tta", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    single, batched = read_volume(seg), read_volume(out / "studies" / "mr_01" / "segmentation.nii.gz")
+    image = read_volume(archive / "mr_01_0000.nii.gz")
+    assert np.array_equal(single.array, batched.array)
+    assert np.allclose(single.affine, image.affine, atol=1e-6) and single.shape == image.shape
+    assert (single.array > 0).sum() > 100  # the model found its organs
+    # the same study without the CRF is another segmentation: the CRF ran in both
+    plain = tmp_path / "plain.nii.gz"
+    r = cli("segment", archive / "mr_01_0000.nii.gz", archive / "mr_01_0001.nii.gz", "--model", model, "-o", plain,
+            "--tta", env=env)
+    assert r.returncode == 0 and not np.array_equal(read_volume(plain).array, single.array)
+
+
+def test_segment_names_the_channels_it_needs(mr_model, cli, tmp_path):
+    archive = mr_model / "archive"
+    r = cli("segment", archive / "mr_00_0000.nii.gz", "--model", mr_model / "model", "-o", tmp_path / "s.nii.gz")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert "takes 2 channel(s) (T1, T2): give one INPUT per channel in that order, not 1" in r.stderr
+    other = make_phantom(3, shape=(40, 40, 24), spacing=(5.0, 5.0, 6.0)).image  # another grid
+    write_volume(other.with_array(other.array.astype(np.float32)), tmp_path / "other.nii.gz")
+    r = cli("segment", archive / "mr_00_0000.nii.gz", tmp_path / "other.nii.gz", "--model", mr_model / "model",
+            "-o", tmp_path / "s.nii.gz")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'other.nii.gz'}: channel" in r.stderr and str(archive / "mr_00_0000.nii.gz") in r.stderr
+    assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_metaimage_pair_is_one_study_redone_when_its_voxels_change(phantom_model, tmp_path):
+    import SimpleITK as sitk
+
+    from medseg.io import volume_to_sitk
+
+    vol = make_phantom(5, shape=(40, 40, 24), spacing=(5.0, 5.0, 6.0), n_tumours=1).image
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    sitk.WriteImage(volume_to_sitk(vol), str(archive / "scan.mhd"))  # scan.mhd + scan.raw
+    out = tmp_path / "out"
+    first = run_batch(archive, phantom_model, out, device="cpu")
+    assert first["processed"] == ["scan"] and first["failed"] == [] and first["n_studies"] == 1
+    assert run_batch(archive, phantom_model, out, device="cpu")["skipped"] == ["scan"]
+    sitk.WriteImage(volume_to_sitk(vol.with_array(np.flip(vol.array, 0).copy())), str(archive / "scan.mhd"))
+    assert run_batch(archive, phantom_model, out, device="cpu")["processed"] == ["scan"]  # same header, new voxels
