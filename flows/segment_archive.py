@@ -29,7 +29,7 @@ FLOW_NAME = "segment-archive"
 def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = False,
                     components: dict[str, Any] | None = None, crf_config: dict[str, Any] | None = None,
                     tta: bool = False, device: str = "auto", dask_address: str | None = None,
-                    workers: int = 0) -> dict[str, Any]:
+                    workers: int = 0, verify: bool = False) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
 
     Args:
@@ -44,10 +44,12 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
         device: ``auto``, ``cpu`` or ``cuda``.
         dask_address: run the studies on this Dask scheduler's workers.
         workers: otherwise, a local Dask cluster of this many worker processes (0: in process).
+        verify: hash every study's bytes (by default a study whose files kept their size, mtime
+            and inode keeps its recorded hash).
 
     Returns:
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
     """
     options = BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta)
     job = SegmentJob(archive, model_dir, options, device)
-    return run_job(job, out_dir, runner=PrefectRunner(make_task_runner(dask_address, workers)))
+    return run_job(job, out_dir, runner=PrefectRunner(make_task_runner(dask_address, workers)), verify=verify)

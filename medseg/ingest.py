@@ -40,6 +40,7 @@ from medseg.batch.state import read_states
 from medseg.batch.studies import Study, discover_studies
 from medseg.errors import InputError, MedsegError
 from medseg.io import Volume, check_same_grid, read_channels, read_label, write_volume
+from medseg.io.files import resolved_path
 from medseg.manifest import SPLITS, ManifestRow, write_manifest
 
 __all__ = ["IngestJob", "ingest_sources", "align_label_to_image", "LABELS_DIR", "MANIFEST_FILE"]
@@ -81,13 +82,13 @@ class IngestJob:
         if self.split not in SPLITS:
             raise MedsegError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         self.sources = [str(s) for s in self.sources]
-        out = Path(self.out_dir).resolve()
+        out = resolved_path(self.out_dir)
         self.out_dir = str(out)
-        self.manifest = str(Path(self.manifest).resolve()) if self.manifest else str(out / MANIFEST_FILE)
+        self.manifest = str(resolved_path(self.manifest)) if self.manifest else str(out / MANIFEST_FILE)
         if out.exists() and not out.is_dir():
             raise InputError(out, "output folder is an existing file (never overwritten): choose another --out")
         for s in self.sources + ([self.label] if self.label else []):
-            rp = Path(s).resolve()
+            rp = resolved_path(s)
             if rp == out:
                 raise InputError(out, "output folder is also an input: choose an --out outside the sources")
             if rp.is_relative_to(out):
@@ -124,7 +125,7 @@ class IngestJob:
         before writing anything; each output is written atomically; all or none."""
         stage("ingest")
         for part in self.study_inputs(study):
-            if Path(part).resolve().is_relative_to(out_dir.resolve()):
+            if resolved_path(part).is_relative_to(resolved_path(out_dir)):
                 raise InputError(part, f"input lies inside the output folder {out_dir}: choose another --out")
         volumes = read_channels(study.sources, series_uid=study.series_uid)
         label = align_label_to_image(volumes[0], read_label(study.label)) if study.label else None
@@ -202,7 +203,8 @@ def _channel_names(case_id: str, n: int) -> tuple[str, ...]:
 
 def ingest_sources(sources: list[str | Path], out_dir: str | Path, *, manifest: str | Path | None = None,
                    series_uid: str | None = None, split: str = "test", label: str | Path | None = None,
-                   runner: Runner | None = None, on_plan: Callable[[RunPlan], None] | None = None,
+                   runner: Runner | None = None, verify: bool = False,
+                   on_plan: Callable[[RunPlan], None] | None = None,
                    on_study: Callable[[StudyResult], None] | None = None) -> dict[str, Any]:
     """Ingest every study of ``sources`` into ``out_dir``; see the module docstring.
 
@@ -213,4 +215,4 @@ def ingest_sources(sources: list[str | Path], out_dir: str | Path, *, manifest: 
     """
     job = IngestJob([str(s) for s in sources], str(out_dir), str(manifest) if manifest else None, series_uid,
                     split, str(label) if label else None)
-    return run_job(job, job.out_dir, runner=runner, on_plan=on_plan, on_result=on_study)
+    return run_job(job, job.out_dir, runner=runner, verify=verify, on_plan=on_plan, on_result=on_study)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 
 from medseg.batch.state import (
     FAILURES_FILE,
+    STATE_DIR,
     clean_stale_partials,
     now_utc,
     read_state,
@@ -44,7 +45,7 @@ from medseg.batch.state import (
 from medseg.batch.studies import Study
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
-from medseg.io.files import content_hash
+from medseg.io.files import content_hash, content_signature
 
 __all__ = [
     "Job",
@@ -55,6 +56,8 @@ __all__ = [
     "Runner",
     "LocalRunner",
     "RETRIES",
+    "MAX_CRASHES",
+    "crashes_of",
     "RETRY_DELAY_S",
     "is_transient",
     "plan_studies",
@@ -68,6 +71,9 @@ __all__ = [
 
 RETRIES = 2
 RETRY_DELAY_S = 2.0
+# A study whose processing killed its process (the kernel's OOM killer) this many times is
+# recorded as failed instead of being started again.
+MAX_CRASHES = 2
 REPORTS_DIGEST_FILE = ".reports.digest"
 
 
@@ -126,12 +132,17 @@ class Job(Protocol):
 
 @dataclass
 class StudyPlan:
-    """A study with its content hash and whether it needs processing (and why)."""
+    """A study with its content hash and whether it needs processing (and why).
+
+    ``signature``: size, mtime and inode of each of its files (:func:`medseg.io.files.content_signature`),
+    recorded with the hash so that the next run can trust the hash without reading the files.
+    """
 
     study: Study
     content_hash: str
     todo: bool
     reason: str
+    signature: list = field(default_factory=list)
 
 
 @dataclass
@@ -167,25 +178,47 @@ class RunPlan:
         return [p for p in self.plans if p.todo]
 
 
-def plan_studies(job: Job, studies: list[Study], out_dir: str | Path, key: str) -> list[StudyPlan]:
+def _hash_study(job: Job, study: Study, state: dict[str, Any] | None, verify: bool) -> tuple[str, list, str]:
+    """``(content hash, signature, problem)`` of a study: the recorded hash when the files' signature
+    is the recorded one (unless ``verify``), else the hash of its bytes. ``problem`` is set (and the
+    hash empty) when the files cannot be read."""
+    inputs = job.study_inputs(study)
+    try:
+        signature = content_signature(inputs)
+    except OSError as exc:
+        return "", [], str(exc.strerror or exc)
+    if not verify and state is not None and state.get("signature") == signature and state.get("content_hash"):
+        return state["content_hash"], signature, ""
+    try:
+        return content_hash(inputs), signature, ""
+    except OSError as exc:
+        return "", signature, str(exc.strerror or exc)
+
+
+def plan_studies(job: Job, studies: list[Study], out_dir: str | Path, key: str, *, verify: bool = False,
+                 threads: int = 8) -> list[StudyPlan]:
     """Decide for each study whether it needs processing.
 
     Not needed when its state says ``done`` for the same content hash and configuration key and
     its outputs exist, or a permanent ``failed`` for the same content (a corrupt file stays
     corrupt until its bytes change). A study whose content cannot be hashed is planned, so that
     processing records why.
+
+    Content hashes are read from the state when every file of the study has the size, mtime and
+    inode recorded with it; only the other studies are read and hashed, ``threads`` at a time.
+    ``verify`` hashes every study's bytes.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     out_dir = Path(out_dir)
+    states = [read_state(out_dir, s.study_id) for s in studies]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(studies)))) as pool:
+        hashed = list(pool.map(lambda sv: _hash_study(job, sv[0], sv[1], verify), zip(studies, states)))
     plans = []
-    for s in studies:
-        try:
-            digest = content_hash(job.study_inputs(s))
-        except OSError as exc:
-            if s.kind != "invalid":
-                plans.append(StudyPlan(s, "", True, f"unreadable ({exc.strerror or exc})"))
-                continue
-            digest = ""  # e.g. a source that does not exist: failed until it appears
-        state = read_state(out_dir, s.study_id)
+    for s, state, (digest, signature, problem) in zip(studies, states, hashed):
+        if problem and s.kind != "invalid":
+            plans.append(StudyPlan(s, "", True, f"unreadable ({problem})", signature))
+            continue
         if state is None:
             todo, reason = True, "new"
         elif state.get("content_hash") != digest or state.get("key", s.key) != s.key:
@@ -198,7 +231,9 @@ def plan_studies(job: Job, studies: list[Study], out_dir: str | Path, key: str) 
             todo, reason = False, "failed before (unchanged)"
         else:
             todo, reason = True, "incomplete"
-        plans.append(StudyPlan(s, digest, todo, reason))
+        if not todo and state.get("signature") != signature:  # same bytes, touched files: remember the new stat
+            write_state(out_dir, {**state, "signature": signature})
+        plans.append(StudyPlan(s, digest, todo, reason, signature))
     return plans
 
 
@@ -212,7 +247,23 @@ def _state_record(plan: StudyPlan, key: str, result: StudyResult) -> dict[str, A
     return {"study": s.study_id, "key": s.key, "source": s.source, "kind": s.kind, "label": s.label,
             "content_hash": plan.content_hash, "config_key": key, "status": result.status,
             "permanent": result.permanent, "stage": result.stage, "error": result.error,
-            "outputs": result.outputs, "info": result.info, "seconds": result.seconds, "finished_at": now_utc()}
+            "outputs": result.outputs, "info": result.info, "signature": plan.signature,
+            "seconds": result.seconds, "finished_at": now_utc()}
+
+
+def _marker_path(out_dir: Path, study_id: str) -> Path:
+    return out_dir / STATE_DIR / f".{study_id}.inflight.json"
+
+
+def crashes_of(out_dir: str | Path, plan: StudyPlan, key: str) -> int:
+    """How many times processing this study (same content, same configuration) began and never
+    ended: the process was killed (out of memory, a kill -9, a power cut)."""
+    try:
+        marker = json.loads(_marker_path(Path(out_dir), plan.study.study_id).read_text())
+    except (OSError, ValueError):
+        return 0
+    same = marker.get("content_hash") == plan.content_hash and marker.get("config_key") == key
+    return int(marker.get("crashes", 0)) if same else 0
 
 
 def process_study(job: Job, plan: StudyPlan, out_dir: str | Path, key: str) -> StudyResult:
@@ -223,12 +274,28 @@ def process_study(job: Job, plan: StudyPlan, out_dir: str | Path, key: str) -> S
     its bytes change. A transient error (:func:`is_transient`) is raised, with
     ``exc.medseg_stage`` set, for the runner to retry. Any other exception gives a ``failed``
     result that the next run retries.
+
+    A marker (``OUT/state/.<study>.inflight.json``) is written before the study starts and
+    removed when it ends, so that a study that kills its process (e.g. the kernel's OOM killer)
+    is seen by the next run: after :data:`MAX_CRASHES` such deaths it is recorded as failed
+    (permanently, until its bytes or the configuration change) instead of killing every run.
     """
     out_dir = Path(out_dir)
     study = plan.study
     stage = StageTracker()
     start = time.perf_counter()
     result = StudyResult(study.study_id, study.source, "done", pid=os.getpid())
+    crashes = crashes_of(out_dir, plan, key)
+    marker = _marker_path(out_dir, study.study_id)
+    if crashes >= MAX_CRASHES:
+        result.status, result.error = "failed", (
+            f"{study.source}: the process working on this study died {crashes} times without finishing it "
+            "(killed by the system, e.g. out of memory); not tried again until the study or the model changes")
+        marker.unlink(missing_ok=True)
+        write_state(out_dir, _state_record(plan, key, result))
+        return result
+    atomic_write_text(marker, json.dumps({"content_hash": plan.content_hash, "config_key": key,
+                                         "crashes": crashes + 1, "pid": os.getpid(), "started": now_utc()}))
     try:
         if study.kind == "invalid":
             raise InputError(study.sources[0] if study.sources else study.study_id, study.problem)
@@ -238,6 +305,7 @@ def process_study(job: Job, plan: StudyPlan, out_dir: str | Path, key: str) -> S
     except Exception as exc:  # noqa: BLE001 - one study must not stop the run; recorded with its reason
         if is_transient(exc):
             exc.medseg_stage = stage.stage  # type: ignore[attr-defined]
+            marker.unlink(missing_ok=True)
             raise
         result.status, result.stage, result.error, result.permanent = "failed", stage.stage, _error_text(exc), False
     result.seconds = time.perf_counter() - start
@@ -246,6 +314,7 @@ def process_study(job: Job, plan: StudyPlan, out_dir: str | Path, key: str) -> S
         if previous is not None and previous.get("status") == "done":
             job.discard(out_dir, previous)
     write_state(out_dir, _state_record(plan, key, result))
+    marker.unlink(missing_ok=True)
     return result
 
 
@@ -298,13 +367,19 @@ class LocalRunner:
         return results
 
 
-def prepare_run(job: Job, out_dir: str) -> RunPlan:
-    """Steps 2–3: list the studies, check the job can run, plan each study."""
+def prepare_run(job: Job, out_dir: str, verify: bool = False) -> RunPlan:
+    """Steps 2–3: list the studies, check the job can run, plan each study.
+
+    Studies whose processing killed a process before come last, so that the others are done
+    first if it happens again.
+    """
     started = now_utc()
     studies = job.discover(Path(out_dir))
     job.prepare()
     key = job.config_key()
-    return RunPlan(studies, plan_studies(job, studies, out_dir, key), key, started)
+    plans = plan_studies(job, studies, out_dir, key, verify=verify)
+    plans.sort(key=lambda p: crashes_of(out_dir, p, key) > 0 if p.todo else False)
+    return RunPlan(studies, plans, key, started)
 
 
 def _file_stamp(path: str | None) -> list[int] | None:
@@ -387,7 +462,7 @@ def count_failures(out_dir: str | Path) -> int:
         return 0
 
 
-def run_job(job: Job, out_dir: str | Path, *, runner: Runner | None = None,
+def run_job(job: Job, out_dir: str | Path, *, runner: Runner | None = None, verify: bool = False,
             on_result: Callable[[StudyResult], None] | None = None,
             on_plan: Callable[[RunPlan], None] | None = None) -> dict[str, Any]:
     """Run ``job`` over the studies of its sources, into ``out_dir`` (see the module docstring).
@@ -396,6 +471,8 @@ def run_job(job: Job, out_dir: str | Path, *, runner: Runner | None = None,
         job: what is done to each study.
         out_dir: the output folder (created).
         runner: :class:`LocalRunner` by default.
+        verify: hash every study's bytes, even those whose files' size, mtime and inode are
+            the ones recorded with their hash.
         on_result: called with each study's :class:`StudyResult` as it finishes.
         on_plan: called with the :class:`RunPlan` before any study is processed.
 
@@ -412,7 +489,7 @@ def run_job(job: Job, out_dir: str | Path, *, runner: Runner | None = None,
     Path(out).mkdir(parents=True, exist_ok=True)
     with run_lock(out):
         clean_stale_partials(out)
-        run = runner.step("scan-archive", prepare_run, job, out)
+        run = runner.step("scan-archive", prepare_run, job, out, verify)
         if on_plan is not None:
             on_plan(run)
         results = runner.map_studies(job, run.todo, out, run.key, on_result) if run.todo else []

@@ -197,36 +197,34 @@ class SegmentJob:
             for name in ("volumes.csv", "volumes.html"):
                 (out_dir / name).unlink(missing_ok=True)
         labels = read_labels(Path(self.model_dir) / LABELS_FILE)
-        evaluated, failures = _evaluate(out_dir, [(s, st) for s, st in done if s.label], labels)
-        if evaluated:
-            files["evaluation"] = str(out_dir / EVALUATION_DIR)
+        evaluation, failures = _evaluate(out_dir, [(s, st) for s, st in done if s.label], labels)
+        if evaluation:
+            files.update({f"evaluation_{name}": str(path) for name, path in evaluation.items()})
         else:
             shutil.rmtree(out_dir / EVALUATION_DIR, ignore_errors=True)
         return files, failures
 
 
-def _evaluate(out_dir: Path, pairs: list[tuple[Study, dict]], labels: dict[int, str]) -> tuple[bool, list[dict]]:
+def _evaluate(out_dir: Path, pairs: list[tuple[Study, dict]],
+              labels: dict[int, str]) -> tuple[dict[str, Path], list[dict]]:
     """Evaluate every finished study that has a reference into ``OUT/evaluation``; a reference
     that cannot be evaluated (missing, not on the study's grid…) is a failure row of its own
-    (stage ``evaluate``) and the others are evaluated."""
-    from medseg.measure import CasePair, evaluate_case, summarize
+    (stage ``evaluate``) and the others are evaluated. Returns the files written (none when no
+    study could be evaluated) and the failure rows."""
+    from medseg.measure import CasePair, evaluate_pairs, summarize
     from medseg.report import write_evaluation
 
-    cases, failures = [], []
-    ids = sorted(labels)
-    for s, state in pairs:
-        pair = CasePair(s.study_id, out_dir / state["outputs"]["segmentation"], Path(s.label),
-                        Path(s.sources[0]) if s.kind == "file" and len(s.sources) == 1 else None)
-        try:
-            cases.append(evaluate_case(pair, ids))
-        except InputError as exc:
-            failures.append({"study": s.study_id, "source": s.label, "stage": "evaluate", "error": str(exc)})
+    case_pairs = [CasePair(s.study_id, out_dir / state["outputs"]["segmentation"], Path(s.label),
+                           Path(s.sources[0]) if s.kind == "file" and len(s.sources) == 1 else None)
+                  for s, state in pairs]
+    cases, failed = evaluate_pairs(case_pairs, sorted(labels))
+    failures = [{"study": f["case"], "source": f["reference"], "stage": "evaluate", "error": f["error"]}
+                for f in failed]
     if not cases:
-        return False, failures
+        return {}, failures
     summary = summarize(cases, labels, reference="per-study references (manifest labels or labels/ folder)",
                         prediction=str(out_dir / STUDIES_DIR))
-    write_evaluation(summary, cases, out_dir / EVALUATION_DIR)
-    return True, failures
+    return write_evaluation(summary, cases, out_dir / EVALUATION_DIR), failures
 
 
 def _commit_dir(staging: Path, final: Path) -> None:
@@ -242,7 +240,7 @@ def _commit_dir(staging: Path, final: Path) -> None:
 
 
 def run_batch(archive: str | Path, model_dir: str | Path, out_dir: str | Path, options: BatchOptions | None = None,
-              *, device: str = "auto", runner: Runner | None = None,
+              *, device: str = "auto", runner: Runner | None = None, verify: bool = False,
               on_study: Callable[[StudyResult], None] | None = None) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` into ``out_dir``, in this process.
 
@@ -256,10 +254,11 @@ def run_batch(archive: str | Path, model_dir: str | Path, out_dir: str | Path, o
         options: :class:`BatchOptions`.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         runner: how studies are mapped (:class:`~medseg.batch.engine.LocalRunner` by default).
+        verify: hash every study's bytes (not only those whose files' size/mtime/inode changed).
         on_study: called with each :class:`~medseg.batch.engine.StudyResult`.
 
     Returns:
         The run record (:func:`medseg.batch.engine.finalize_run`).
     """
     job = SegmentJob(str(archive), str(model_dir), options or BatchOptions(), device)
-    return run_job(job, out_dir, runner=runner, on_result=on_study)
+    return run_job(job, out_dir, runner=runner, verify=verify, on_result=on_study)

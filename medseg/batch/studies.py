@@ -10,8 +10,9 @@ In a folder tree:
 - every NIfTI/NRRD/MetaImage file is a study, except the voxel file a ``.mhd``/``.nhdr``
   header names (it belongs to that header's study) and channel files, which are grouped;
 - every folder whose files are DICOM (``.dcm`` or the ``DICM`` preamble) is one study;
-- side files (``.json``, ``.csv``, ``.txt``…) and hidden entries are ignored; any other file
-  is an *invalid* study that fails with its reason (it is reported, never silently skipped);
+- side files (``.json``, ``.csv``, ``.txt``…) and hidden entries are ignored; any other file,
+  an empty folder, a broken symbolic link or a loop of links is an *invalid* study that fails
+  with its reason (it is reported, never silently skipped);
 - ``labels/`` at the root holds reference label maps (``labels/<name>.nii.gz``), not studies.
 
 Ids: the path relative to the source, folders joined by ``__``, the image suffix dropped, every
@@ -38,6 +39,7 @@ from medseg.io.files import (
     detached_data_files,
     find_image,
     is_image_path,
+    resolved_path,
     strip_image_suffix,
 )
 from medseg.io.sitk_io import is_dicom_file
@@ -142,7 +144,7 @@ def assign_ids(studies: list[Study], *, previous: dict[str, str] | None = None,
 
 
 def _invalid(path: Path, problem: str, parts: tuple[str, ...]) -> Study:
-    return Study(safe_id(parts), (str(path),), "invalid", key=str(path.resolve()), problem=problem)
+    return Study(safe_id(parts), (str(path),), "invalid", key=str(path.absolute()), problem=problem)
 
 
 def _reference(labels_dir: Path | None, name: str) -> str | None:
@@ -150,15 +152,54 @@ def _reference(labels_dir: Path | None, name: str) -> str | None:
     return str(found) if found is not None else None
 
 
+def _broken_link(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"broken symbolic link (to {target}: missing, or a loop of links)"
+
+
 def _walk(root: Path, skip: set[Path], split: str, series_uid: str | None) -> list[Study]:
+    """The studies of a folder tree. Symbolic links to folders are followed once: a loop, or a
+    second link to a folder already searched, is a study of its own that fails with its reason,
+    and so are broken links and empty folders."""
     labels_dir = root / LABELS_FOLDER if (root / LABELS_FOLDER).is_dir() else None
     studies: list[Study] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip
-                             and not (here == root and d == LABELS_FOLDER))
         rel = here.relative_to(root).parts
-        files = sorted(here / f for f in filenames if not f.startswith("."))
+        st = os.stat(here)
+        seen.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(dirnames):
+            sub = here / d
+            if d.startswith(".") or resolved_path(sub) in skip or (here == root and d == LABELS_FOLDER):
+                continue
+            try:
+                sst = os.stat(sub)
+            except OSError:
+                studies.append(_invalid(sub, _broken_link(sub), rel + (d,)))
+                continue
+            if (sst.st_dev, sst.st_ino) in seen:
+                studies.append(_invalid(sub, f"symbolic link to a folder searched already ({resolved_path(sub)}): "
+                                        "a loop of links, or a second link to one folder", rel + (d,)))
+                continue
+            seen.add((sst.st_dev, sst.st_ino))
+            keep.append(d)
+        dirnames[:] = keep
+        names = sorted(f for f in filenames if not f.startswith("."))
+        if here != root and not names and not keep:
+            studies.append(_invalid(here, "empty folder: no images or DICOM series", rel))
+            continue
+        files = []
+        for name in names:
+            f = here / name
+            if f.is_symlink() and not f.exists():
+                studies.append(_invalid(f, _broken_link(f), rel + (strip_image_suffix(name),)))
+            else:
+                files.append(f)
         data_files = {d.name for f in files for d in detached_data_files(f)}
         images = [f for f in files if is_image_path(f.name) and f.name not in data_files]
         others = [f for f in files if not is_image_path(f.name) and f.name not in data_files
@@ -167,7 +208,7 @@ def _walk(root: Path, skip: set[Path], split: str, series_uid: str | None) -> li
         if dicom:
             name = here.name if here != root else root.name
             studies.append(Study(safe_id(rel or (root.name,)), (str(here),), "dicom", _reference(labels_dir, name),
-                                 key=str(here.resolve()) + (f"#series={series_uid}" if series_uid else ""),
+                                 key=str(resolved_path(here)) + (f"#series={series_uid}" if series_uid else ""),
                                  split=split, series_uid=series_uid))
         for f in others:
             if f not in dicom:
@@ -176,12 +217,12 @@ def _walk(root: Path, skip: set[Path], split: str, series_uid: str | None) -> li
         groups, plain = channel_groups(images)
         for case, channels in groups.items():
             parts = rel + (case,)
-            key = str((here / case).resolve()) + "#channels"
+            key = str(resolved_path(here) / case) + "#channels"
             gaps = [c for c in range(max(channels) + 1) if c not in channels]
             if gaps:
-                names = ", ".join(f"{case}_{c:04d}" for c in gaps)
+                missing = ", ".join(f"{case}_{c:04d}" for c in gaps)
                 studies.append(Study(safe_id(parts), tuple(str(p) for p in channels.values()), "invalid", key=key,
-                                     problem=f"channel file(s) {names} missing (channels are numbered from 0000 "
+                                     problem=f"channel file(s) {missing} missing (channels are numbered from 0000 "
                                              "without gaps)"))
                 continue
             studies.append(Study(safe_id(parts), tuple(str(p) for p in channels.values()), "file",
@@ -189,7 +230,7 @@ def _walk(root: Path, skip: set[Path], split: str, series_uid: str | None) -> li
         for f in plain:
             stem = strip_image_suffix(f.name)
             studies.append(Study(safe_id(rel + (stem,)), (str(f),), "file", _reference(labels_dir, stem),
-                                 key=str(f.resolve()), split=split))
+                                 key=str(resolved_path(f)), split=split))
     return studies
 
 
@@ -220,14 +261,14 @@ def discover_source(source: str | Path, *, exclude: Iterable[str | Path] = (), s
             rows = read_manifest(path, check_exists=False)
         else:
             rows = read_msd(path)
-        where = str(path.resolve())
+        where = str(resolved_path(path))
         return [Study(safe_id([r.case_id]), tuple(str(p) for p in r.images),
                       "dicom" if r.images[0].is_dir() else "file", str(r.label) if r.label else None,
                       key=f"{where}#case={r.case_id}", split=r.split, modality=r.modality, series_uid=series_uid)
                 for r in rows]
     if path.is_file():
         if is_image_path(name):
-            return [Study(safe_id([strip_image_suffix(name)]), (str(path),), "file", key=str(path.resolve()),
+            return [Study(safe_id([strip_image_suffix(name)]), (str(path),), "file", key=str(resolved_path(path)),
                           split=split)]
         if is_dicom_file(path):
             raise InputError(path, f"is a single DICOM file: ingest the folder that holds its series ({path.parent})")
@@ -236,15 +277,15 @@ def discover_source(source: str | Path, *, exclude: Iterable[str | Path] = (), s
     manifest = path / "manifest.csv"
     if manifest.is_file():
         return discover_source(manifest, exclude=exclude, series_uid=series_uid, split=split)
-    skip = {Path(p).resolve() for p in exclude}
-    studies = _walk(path.resolve(), skip, split, series_uid)
+    skip = {resolved_path(Path(p)) for p in exclude}
+    studies = _walk(resolved_path(path), skip, split, series_uid)
     if not studies:
         if not any(True for _ in path.iterdir()):
             raise InputError(path, "empty folder: no images or DICOM series to read")
         raise InputError(path, "no images (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series in this folder or "
                          "below it")
     # a study listed under the folder's resolved path is named by the path as given
-    given, resolved = str(path), str(path.resolve())
+    given, resolved = str(path), str(resolved_path(path))
     if given != resolved:
         studies = [replace(s, sources=tuple(given + p[len(resolved):] if p.startswith(resolved) else p
                                             for p in s.sources)) for s in studies]

@@ -29,23 +29,24 @@ def _check_inputs(archive: Path, model: Path) -> None:
 
 
 def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, components: bool, tta: bool, device: str,
-                     dask_address: str | None, workers: int) -> dict:
+                     dask_address: str | None, workers: int, verify: bool = False) -> dict:
     """The ``segment-archive`` flow's parameters for the CLI's options (one place for batch and schedule)."""
     from medseg.inference.pipeline import DEFAULT_COMPONENTS
 
     return {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
             "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "tta": tta, "device": device,
-            "dask_address": dask_address, "workers": workers}
+            "dask_address": dask_address, "workers": workers, "verify": verify}
 
 
 def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, components: bool = False,
                    tta: bool = False, device: str = "auto", dask_address: str | None = None,
-                   workers: int = 0) -> dict:
+                   workers: int = 0, verify: bool = False) -> dict:
     """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one)."""
     from flows.segment_archive import segment_archive
 
     return segment_archive(**_flow_parameters(archive, model, out, crf=crf, components=components, tta=tta,
-                                              device=device, dask_address=dask_address, workers=workers))
+                                              device=device, dask_address=dask_address, workers=workers,
+                                              verify=verify))
 
 
 def _print_record(record: dict, out: Path) -> None:
@@ -71,13 +72,15 @@ def batch_command(
                                                help="Run studies on this Dask scheduler's workers (tcp://host:8786)."),
     workers: int = typer.Option(0, "--workers", min=0,
                                 help="Without --dask-address: a local Dask cluster of N worker processes (0: in process)."),
+    verify: bool = typer.Option(False, "--verify", help="Hash every study's bytes (by default a study whose files "
+                                "kept their size, modification time and inode keeps its recorded hash)."),
 ) -> None:
     """Segment the new or changed studies of ARCHIVE once (a Prefect flow run)."""
     _check_inputs(archive, model)
     _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
     record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,
-                            dask_address=dask_address, workers=workers)
+                            dask_address=dask_address, workers=workers, verify=verify)
     _print_record(record, out)
 
 

@@ -39,6 +39,8 @@ def evaluate(
     summary, cases = run_evaluation(pred, ref, labels=names, lesion_overlap=lesion_overlap,
                                     nsd_tolerance_mm=nsd_tolerance, images=images)
     write_evaluation(summary, cases, output)
+    for failure in summary.get("failures", []):
+        typer.echo(f"medseg: error: {failure['error']}", err=True)
     for label, les in summary["lesions"].items():
         name = summary["labels"].get(label, label)
         dice = summary["mean"][label]["Dice"]

@@ -9,9 +9,9 @@ This package computes and never writes files (:mod:`medseg.report` writes what i
 - :mod:`medseg.measure.inputs`: the files to measure (folders matched by case name, manifests).
 """
 
-from medseg.measure.evaluate import CaseEvaluation, evaluate, evaluate_case, summarize
+from medseg.measure.evaluate import CaseEvaluation, evaluate, evaluate_case, evaluate_pairs, summarize
 from medseg.measure.inputs import CasePair, case_name, find_case_image, find_volume_inputs, image_files, match_cases
 from medseg.measure.volumes import compute_volumes, present_labels
 
-__all__ = ["compute_volumes", "present_labels", "CasePair", "CaseEvaluation", "evaluate_case", "summarize", "evaluate",
+__all__ = ["compute_volumes", "present_labels", "CasePair", "CaseEvaluation", "evaluate_case", "evaluate_pairs", "summarize", "evaluate",
            "match_cases", "case_name", "image_files", "find_case_image", "find_volume_inputs"]

@@ -40,7 +40,7 @@ from medseg.measure.lesions import (
 from medseg.measure.metrics import DEFAULT_NSD_TOLERANCE_MM, label_metrics, overlap_metrics
 from medseg.measure.volumes import present_labels
 
-__all__ = ["CaseEvaluation", "evaluate_case", "summarize", "evaluate"]
+__all__ = ["CaseEvaluation", "evaluate_case", "evaluate_pairs", "summarize", "evaluate"]
 
 # Missed lesions per case whose axial slice is kept for the report's thumbnails (largest first).
 _THUMBNAILS_PER_CASE = 40
@@ -199,11 +199,33 @@ def summarize(cases: Sequence[CaseEvaluation], labels: dict[int, str] | None = N
     return summary
 
 
+def evaluate_pairs(pairs: Sequence[CasePair], labels: Sequence[int] | None = None, *, lesion_overlap: float = 0.1,
+                   nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> tuple[list[CaseEvaluation], list[dict[str, str]]]:
+    """Evaluate every pair; a pair that cannot be evaluated (a missing or unreadable file, another
+    grid…) is recorded and the others go on.
+
+    Returns:
+        ``(cases, failures)``: the evaluated cases, and one ``{"case", "prediction", "reference",
+        "error"}`` per pair that failed (``error`` names the file and the problem).
+    """
+    cases, failures = [], []
+    for pair in pairs:
+        try:
+            cases.append(evaluate_case(pair, labels, lesion_overlap=lesion_overlap, nsd_tolerance_mm=nsd_tolerance_mm))
+        except InputError as exc:
+            failures.append({"case": pair.case, "prediction": str(pair.pred), "reference": str(pair.ref),
+                             "error": str(exc)})
+    return cases, failures
+
+
 def evaluate(pred: str | Path, ref: str | Path, *, labels: dict[int, str] | None = None,
              lesion_overlap: float = 0.1, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
              images: str | Path | None = None, size_buckets_ml: Sequence[float] = DEFAULT_SIZE_BUCKETS_ML
              ) -> tuple[dict[str, Any], list[CaseEvaluation]]:
     """Evaluate ``pred`` against ``ref`` (two label files, or two folders matched by file name).
+
+    A case of two folders that cannot be evaluated (a corrupt prediction, another grid…) is listed
+    in the summary's ``failures`` and the other cases are evaluated.
 
     Args:
         pred, ref: prediction and reference label maps (files or folders).
@@ -214,11 +236,12 @@ def evaluate(pred: str | Path, ref: str | Path, *, labels: dict[int, str] | None
         size_buckets_ml: lesion size bucket edges in mL.
 
     Returns:
-        ``(summary, cases)``: the summary dict (summary.json's content) and the evaluated cases;
-        :func:`medseg.report.write_evaluation` writes both.
+        ``(summary, cases)``: the summary dict (summary.json's content, with ``failures``) and
+        the evaluated cases; :func:`medseg.report.write_evaluation` writes both.
 
     Raises:
-        InputError: a missing path, a reference without prediction, mismatched grids.
+        InputError: a missing path, a reference without prediction, two files that cannot be
+            evaluated, or no case of two folders that can.
         ValueError: ``lesion_overlap`` outside (0, 1], a negative ``nsd_tolerance_mm``.
     """
     if not 0 < lesion_overlap <= 1:
@@ -227,7 +250,11 @@ def evaluate(pred: str | Path, ref: str | Path, *, labels: dict[int, str] | None
         raise ValueError(f"nsd_tolerance_mm must be >= 0 mm, not {nsd_tolerance_mm}")
     pairs = match_cases(pred, ref, images)
     ids = sorted(labels) if labels is not None else None
-    cases = [evaluate_case(p, ids, lesion_overlap=lesion_overlap, nsd_tolerance_mm=nsd_tolerance_mm) for p in pairs]
+    cases, failures = evaluate_pairs(pairs, ids, lesion_overlap=lesion_overlap, nsd_tolerance_mm=nsd_tolerance_mm)
+    if not cases:  # each error already names its file
+        raise InputError(None, failures[0]["error"] if len(failures) == 1 else
+                         f"{pred}: none of the {len(failures)} cases could be evaluated (first: {failures[0]['error']})")
     summary = summarize(cases, labels, lesion_overlap=lesion_overlap, nsd_tolerance_mm=nsd_tolerance_mm,
                         size_buckets_ml=size_buckets_ml, reference=str(ref), prediction=str(pred))
+    summary["failures"] = failures
     return summary, cases
