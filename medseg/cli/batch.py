@@ -19,6 +19,36 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _quiet_prefect_console() -> None:
+    """Keep Prefect's console output to what a person needs: no traceback for medseg's own errors
+    (they end as one ``medseg: error:`` line; the Prefect server's log keeps the traceback), and
+    only warnings and errors when stderr is not a terminal. ``--debug`` shows everything."""
+    import logging
+    import sys
+
+    from medseg.cli.app import is_debug
+    from medseg.errors import MedsegError
+
+    if is_debug():
+        return
+
+    class ExpectedErrors(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            return not isinstance(exc, MedsegError)
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            if not any(isinstance(f, ExpectedErrors) for f in handler.filters):
+                handler.addFilter(ExpectedErrors())
+            if not sys.stderr.isatty():
+                handler.setLevel(max(handler.level, logging.WARNING))
+    # Prefect's own shutdown chatter ("Still processing items") is not the user's business
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
+
+
 def _check_inputs(archive: Path, model: Path) -> None:
     from medseg.errors import InputError
     from medseg.plans import load_plans
@@ -44,6 +74,7 @@ def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, 
     """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one)."""
     from flows.segment_archive import segment_archive
 
+    _quiet_prefect_console()
     return segment_archive(**_flow_parameters(archive, model, out, crf=crf, components=components, tta=tta,
                                               device=device, dask_address=dask_address, workers=workers,
                                               verify=verify))
@@ -126,6 +157,7 @@ def schedule_command(
 
     from flows.segment_archive import segment_archive
 
+    _quiet_prefect_console()
     parameters = _flow_parameters(archive, model, out, crf=crf, components=components, tta=tta, device=device,
                                   dask_address=dask_address, workers=workers)
     stage(f"serving segment-archive/{name} on {cron!r} (Ctrl-C to stop)")

@@ -293,3 +293,14 @@ def test_folder_with_nnunet_channel_files_gives_multichannel_studies(tmp_path):
     [failure] = _read_csv(out / "failures.csv")
     assert failure["study"] == "odd" and failure["error"].startswith(f"{folder / 'odd_0001.nii.gz'}: channel")
     assert str(folder / "odd_0000.nii.gz") in failure["error"]
+
+
+def test_a_manifest_row_with_a_missing_file_is_its_own_failure(tmp_path):
+    manifest = write_phantom_archive(tmp_path / "archive", 3, shape=SHAPE, spacing=(8.0, 8.0, 10.0), variants=False)
+    (tmp_path / "archive" / "images" / "phantom_001.nii.gz").unlink()
+    out = tmp_path / "out"
+    record = ingest_sources([manifest], out)
+    assert record["processed"] == ["phantom_000", "phantom_002"] and record["failed"] == ["phantom_001"]
+    [row] = _read_csv(out / "failures.csv")
+    assert row["study"] == "phantom_001" and row["error"].endswith("phantom_001.nii.gz: does not exist")
+    assert [r["case_id"] for r in _read_csv(out / "manifest.csv")] == ["phantom_000", "phantom_002"]
