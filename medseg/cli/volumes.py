@@ -24,7 +24,7 @@ def volumes(
     import numpy as np
 
     from medseg.errors import InputError
-    from medseg.io import read_label, read_volume
+    from medseg.io import check_same_grid, read_label, read_volume
     from medseg.measure import compute_volumes
     from medseg.plans import read_labels
     from medseg.report import write_volume_report
@@ -40,9 +40,7 @@ def volumes(
     img = None
     if image is not None:
         img = read_volume(image)
-        if not img.same_grid(seg):
-            raise InputError(image, f"image grid (shape {img.shape}) differs from the segmentation's {seg.shape} "
-                             f"({segmentation}); the image must be on the segmentation's voxel grid")
+        check_same_grid(img, seg)  # names the segmentation, and the image it is not on
     names = read_labels(labels) if labels is not None else None
     probs = None
     if probabilities is not None:

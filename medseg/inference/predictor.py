@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -22,6 +23,28 @@ __all__ = ["Predictor", "Prediction", "KEEP_PROBABILITIES_AUTO_BYTES"]
 # predict(keep_probabilities=None) keeps the float16 class scores of the network grid when they
 # take at most this many bytes (so that Prediction.probabilities() can be asked for later).
 KEEP_PROBABILITIES_AUTO_BYTES = 512 * 2**20
+
+
+def _unreadable_weights(weights: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights, weights_only=True)`` failed, in medseg's words (torch's own text
+    suggests loading with ``weights_only=False``, which would run code from the file)."""
+    import pickle
+    import zipfile
+
+    try:
+        with open(weights, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    objects = "it holds objects other than tensors and plain containers, which medseg never loads"
+    if head.startswith(b"PK"):  # torch's zip format
+        complete = zipfile.is_zipfile(weights)
+        why = objects if complete and isinstance(exc, pickle.UnpicklingError) else "the torch archive is truncated or damaged"
+    elif head[:1] == b"\x80" and isinstance(exc, pickle.UnpicklingError):  # a pickle stream (torch's legacy format)
+        why = objects
+    else:
+        why = "it is not a torch weights file"
+    return f"not a readable weights file: {why} (expected the state_dict that `medseg train` writes)"
 
 
 def _inverse_orientation(inverse: InverseInfo) -> np.ndarray:
@@ -279,10 +302,11 @@ class Predictor:
         except (ValueError, TypeError) as exc:
             raise InputError(model_dir / PLANS_FILE, f"cannot build the model: {exc}") from None
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+                warnings.simplefilter("ignore")
+                state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt zip, truncated file, a pickle with code (refused by weights_only)
-            raise InputError(weights, f"not a readable weights file ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+            raise InputError(weights, _unreadable_weights(weights, exc)) from None
         if not isinstance(state, dict):
             raise InputError(weights, f"holds a {type(state).__name__}, expected a state_dict")
         try:

@@ -7,6 +7,13 @@
 - :func:`read_label`: a label map, checked for integer values and (optionally) for the grid of
   its image.
 - :mod:`medseg.io.files`: which files are images, which belong to one study, its content hash.
+- :mod:`medseg.io.limits`: the largest image medseg reads (:func:`max_voxels`, environment variable
+  ``MEDSEG_MAX_VOXELS``, and the memory available), checked from the header before any voxel is read.
+
+Every reader refuses bad input with :class:`InputError` (``"<file>: <problem>"``, one line). What
+native libraries (ITK, GDCM) print while reading goes to the ``medseg.io`` logger at DEBUG level,
+never to the terminal; doubts the readers resolve and go on from (a NIfTI qform and sform that
+disagree) are logged there as warnings and kept in ``Volume.meta["warnings"]``.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from medseg.io.files import IMAGE_SUFFIXES, content_hash, is_image_path, strip_image_suffix
+from medseg.io.limits import MAX_VOXELS_ENV, available_memory, check_image_size, max_voxels, set_max_voxels
 from medseg.io.probabilities import read_probabilities
-from medseg.io.nifti import is_nifti_path, read_nifti, write_nifti, write_nifti_array
+from medseg.io.nifti import is_nifti_path, read_nifti, read_nifti_voxels, write_nifti, write_nifti_array
 from medseg.io.sitk_io import (
     DicomSeries,
     is_dicom_file,
@@ -30,7 +38,7 @@ from medseg.io.sitk_io import (
     volume_to_sitk,
     write_sitk_file,
 )
-from medseg.io.volume import Volume, affine_spacing, orientation_code
+from medseg.io.volume import Volume, affine_difference_mm, affine_spacing, orientation_code
 
 __all__ = [
     "Volume",
@@ -48,6 +56,7 @@ __all__ = [
     "content_hash",
     "IMAGE_SUFFIXES",
     "read_nifti",
+    "read_nifti_voxels",
     "write_nifti",
     "write_nifti_array",
     "read_dicom_series",
@@ -57,7 +66,13 @@ __all__ = [
     "sitk_to_volume",
     "volume_to_sitk",
     "affine_spacing",
+    "affine_difference_mm",
     "orientation_code",
+    "MAX_VOXELS_ENV",
+    "max_voxels",
+    "set_max_voxels",
+    "available_memory",
+    "check_image_size",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -108,7 +123,7 @@ def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_ui
             raise InputError(other.source, f"channel of shape {other.shape} is not on the grid of "
                              f"{first.source} (shape {first.shape}); every channel must share one grid")
         if not first.same_grid(other):
-            diff = float(np.abs(first.affine - other.affine).max())
+            diff = affine_difference_mm(first.affine, other.affine, first.shape)
             raise InputError(other.source, f"channel is not on the grid of {first.source} (affines differ by "
                              f"up to {diff:.4g} mm); every channel must share one grid")
     return volumes
@@ -126,12 +141,16 @@ def write_volume(volume: Volume, path: str | Path, *, dtype=None) -> Path:
 
 
 def check_same_grid(image: Volume, label: Volume, atol_mm: float = 1e-3) -> None:
-    """Raise :class:`InputError` (naming the label file) when ``label`` is not on ``image``'s grid."""
+    """Raise :class:`InputError` (naming the label file) when ``label`` is not on ``image``'s grid.
+
+    Shapes are compared first; for equal shapes, the message gives how far apart (mm) the two
+    affines put the same voxel (:func:`affine_difference_mm`), never the shapes.
+    """
     if image.shape != label.shape:
         raise InputError(label.source, f"label map shape {label.shape} differs from its image's {image.shape} "
                          f"({image.source})")
     if not np.allclose(image.affine, label.affine, atol=atol_mm, rtol=0):
-        diff = float(np.abs(image.affine - label.affine).max())
+        diff = affine_difference_mm(image.affine, label.affine, image.shape)
         raise InputError(label.source, f"label map geometry differs from its image's ({image.source}): "
                          f"affines differ by up to {diff:.4g} mm")
 

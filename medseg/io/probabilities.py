@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, affine_difference_mm
 
 __all__ = ["read_probabilities"]
 
@@ -22,38 +22,47 @@ def read_probabilities(path: str | Path, grid: Volume | None = None, *, check_su
             partial-volume maps that need not be a full softmax.
 
     Raises:
-        InputError: missing, unreadable, not 4D, off ``grid``, fewer than 2 channels, not float,
+        InputError: missing, unreadable (every check of :func:`medseg.io.read_nifti_voxels`,
+            the size limits included), not 4D, off ``grid``, fewer than 2 channels, not float,
             NaN/Inf, values outside [0, 1], or channels not summing to 1.
     """
-    import nibabel as nib
+    from nibabel.volumeutils import apply_read_scaling
+
+    from medseg.io.nifti import read_nifti_voxels
 
     path = Path(path)
     if not path.exists():
         raise InputError(path, "does not exist")
     if path.is_dir():
         raise InputError(path, "is a folder, not a 4D NIfTI probability file")
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-    except Exception as exc:  # nibabel raises many types for a bad file
-        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
-    squeeze5 = len(shape) == 5 and shape[3] == 1
-    if len(shape) != 4 and not squeeze5:
-        raise InputError(path, f"probabilities must be a 4D NIfTI (X, Y, Z, C), got {len(shape)}D {shape}")
+
+    def check_header(hdr, shape: tuple[int, ...]) -> None:
+        """Shape, grid and channels from the header alone, before the voxels are read."""
+        if len(shape) != 4 and not (len(shape) == 5 and shape[3] == 1):
+            raise InputError(path, f"probabilities must be a 4D NIfTI (X, Y, Z, C), got {len(shape)}D {shape}")
+        if grid is not None:
+            if shape[:3] != grid.shape:
+                raise InputError(path, f"probabilities grid {shape[:3]} differs from the image's {grid.shape} ({grid.source})")
+            affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
+            if not np.allclose(affine, grid.affine, atol=1e-3, rtol=0):
+                diff = affine_difference_mm(affine, grid.affine, grid.shape)
+                raise InputError(path, f"probabilities are not on the image's grid ({grid.source}): affines differ by "
+                                 f"up to {diff:.4g} mm")
+        if shape[-1] < 2:
+            raise InputError(path, f"probabilities need at least 2 channels (background first), got {shape[-1]}")
+        dtype = hdr.get_data_dtype()
+        if dtype.kind != "f" and hdr.get_slope_inter() in ((None, None), (1.0, 0.0)):
+            raise InputError(path, f"probabilities must be float32 or float16 softmax values, got dtype {dtype}")
+
+    hdr, data = read_nifti_voxels(path, check_header=check_header)
+    shape = data.shape
+    squeeze5 = len(shape) == 5
     n_classes = shape[-1]
-    if grid is not None:
-        if shape[:3] != grid.shape:
-            raise InputError(path, f"probabilities grid {shape[:3]} differs from the image's {grid.shape} ({grid.source})")
-        if not np.allclose(np.asarray(img.affine), grid.affine, atol=1e-3, rtol=0):
-            diff = float(np.abs(np.asarray(img.affine) - grid.affine).max())
-            raise InputError(path, f"probabilities are not on the image's grid ({grid.source}): affines differ by "
-                             f"up to {diff:.4g} mm")
-    if n_classes < 2:
-        raise InputError(path, f"probabilities need at least 2 channels (background first), got {n_classes}")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputError(path, f"voxel data cannot be read ({type(exc).__name__}: {exc})") from None
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="), order="F")
+    slope, inter = hdr.get_slope_inter()
+    if not (slope in (None, 1.0) and inter in (None, 0.0)):
+        data = apply_read_scaling(data, slope, inter)
     if squeeze5:
         data = data[:, :, :, 0, :]
     if data.dtype.kind != "f":

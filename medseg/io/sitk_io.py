@@ -6,7 +6,12 @@ a RAS+ affine and an ``(i, j, k)`` = ``(x, y, z)`` array, the same convention as
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +19,8 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.files import detached_data_files
+from medseg.io.limits import MAX_DEFLATE_RATIO, check_image_size
 from medseg.io.volume import Volume
 
 __all__ = [
@@ -28,6 +35,63 @@ __all__ = [
 ]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_LOG = logging.getLogger("medseg.io")
+
+
+class _NativeOutput:
+    """Keep what native code (ITK, GDCM, MetaIO, OpenJPEG) prints to stderr off the terminal.
+
+    Inside the block, file descriptor 2 points at a temporary file; afterwards ``text`` holds what
+    was written there, and each line goes to the ``medseg.io`` logger at DEBUG level. ITK's
+    warnings, GDCM's and MetaIO's messages are written straight to the C++ error stream, where
+    no ITK setting reaches them all, so the descriptor itself is redirected. One block at a time
+    in the process (the redirection is process-wide); blocks nest.
+    """
+
+    _lock = threading.RLock()
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._file = None
+        self._saved: int | None = None
+
+    def __enter__(self) -> "_NativeOutput":
+        self._lock.acquire()
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            self._file = tempfile.TemporaryFile()
+            self._saved = os.dup(2)
+            os.dup2(self._file.fileno(), 2)
+        except OSError:  # no usable descriptor 2: nothing to keep off it
+            if self._saved is not None:
+                os.close(self._saved)
+                self._saved = None
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self._saved is not None:
+                os.dup2(self._saved, 2)
+                os.close(self._saved)
+                self._file.seek(0)
+                self.text = self._file.read().decode("utf-8", "replace")
+                for line in self.text.splitlines():
+                    if line.strip():
+                        _LOG.debug("native: %s", line.rstrip())
+        finally:
+            if self._file is not None:
+                self._file.close()
+            self._lock.release()
+
+    def first_line(self) -> str:
+        """The first non-blank line printed in the block ('' when none)."""
+        return next((" ".join(line.split()) for line in self.text.splitlines() if line.strip()), "")
 
 
 def sitk_to_volume(img, source: str | None = None, meta: dict | None = None) -> Volume:
@@ -79,23 +143,82 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
             raise InputError(path, f"{int(bad.sum())} NaN/Inf voxels")
 
 
-def _itk_detail(exc: RuntimeError) -> str:
-    """The person-readable part of an ITK exception (the text after ``ITK ERROR: Class(0x…):``)."""
+def _itk_detail(exc: RuntimeError, native: _NativeOutput | None = None) -> str:
+    """The person-readable part of an ITK exception (the text after ``ITK ERROR: Class(0x…):``),
+    followed by the first line native code printed meanwhile, if any."""
     text = str(exc).strip()
-    m = re.search(r"ITK ERROR: [^:]*?: (.*)", text, flags=re.S)
-    detail = m.group(1) if m else (text.splitlines()[-1] if text else "")
-    return " ".join(detail.split())[:200]
+    m = re.search(r"(?:ITK |sitk::)ERROR: (?:[^:\n]*?\(0x[0-9a-f]+\): )?(.*)", text, flags=re.S)
+    detail = " ".join((m.group(1) if m else (text.splitlines()[-1] if text else "")).split())
+    extra = native.first_line() if native is not None else ""
+    if extra and extra not in detail:
+        detail = f"{detail}; {extra}" if detail else extra
+    return detail[:200]
 
 
-def _check_header_spacing(path: Path) -> None:
-    """Refuse zero/negative spacing written in a MetaImage or NRRD header (ITK would silently
-    turn a negative spacing into a flipped direction, and refuses zero with a cryptic message)."""
+def _voxel_type(reader) -> tuple[int, str]:
+    """Bytes per component and ITK's name of the voxel type of an image whose information was
+    read (``"16-bit signed integer"``, ``"vector of 8-bit unsigned integer"``, ``"complex of
+    32-bit float"``)."""
+    import SimpleITK as sitk
+
+    name = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    m = re.search(r"(\d+)-bit", name)
+    nbytes = int(m.group(1)) // 8 if m else 8
+    return nbytes * (2 if name.startswith("complex") else 1), name
+
+
+def _check_image_information(path: Path, reader, slices: int = 1) -> None:
+    """Refuse, from the header alone (before any voxel is read), an image medseg cannot use:
+    complex or multi-component voxels, not 3D, or larger than the limits of
+    :mod:`medseg.io.limits`. ``slices``: files of a DICOM series (each holding ``reader``'s size)."""
+    size = tuple(int(s) for s in reader.GetSize())
+    components = int(reader.GetNumberOfComponents())
+    nbytes, name = _voxel_type(reader)
+    if name.startswith("complex"):
+        raise InputError(path, f"complex-valued voxels ({name}); medseg reads real-valued scans")
+    if components > 1:
+        rgb = components in (3, 4) and "8-bit unsigned" in name
+        kind = ("RGB image" if components == 3 else "RGBA image") if rgb else "vector image"
+        raise InputError(path, f"{kind} ({components} components per voxel): medseg reads greyscale scans "
+                         "(one value per voxel)")
+    if slices > 1:
+        size = size[:2] + (size[2] * slices if len(size) > 2 else slices,)
+    if len(size) == 4 and size[3] != 1:
+        raise InputError(path, f"4D data {size}: a series of {size[3]} volumes, not one 3D volume")
+    if len(size) not in (3, 4):
+        raise InputError(path, f"{len(size)}D image {size}: medseg needs a 3D volume")
+    check_image_size(path, size, nbytes, name)
+
+
+def _header_text(path: Path) -> tuple[str, int]:
+    """The text header of a MetaImage or NRRD file and its length in bytes (where attached voxel
+    data start: after ``ElementDataFile = …`` in a MetaImage, after the blank line in an NRRD)."""
     try:
         with open(path, "rb") as f:
             head = f.read(65536)
     except OSError as exc:
         raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
-    text = head.split(b"\n\n", 1)[0].decode("latin-1") if path.suffix.lower() in (".nrrd", ".nhdr") else head.decode("latin-1")
+    if path.suffix.lower() in (".nrrd", ".nhdr"):
+        end = head.find(b"\n\n")
+        length = end + 2 if end >= 0 else len(head)
+    else:
+        m = re.search(rb"^[ \t]*ElementDataFile[ \t]*=[^\n]*\n", head, flags=re.M | re.I)
+        length = m.end() if m else len(head)
+    return head[:length].decode("latin-1"), length
+
+
+def _header_field(text: str, *keys: str) -> str | None:
+    """The value of the first of ``keys`` in a MetaImage (``Key = value``) or NRRD (``key: value``) header."""
+    for key in keys:
+        m = re.search(rf"^[ \t]*{key}[ \t]*[=:][ \t]*([^\n]*)$", text, flags=re.M | re.I)
+        if m:
+            return m.group(1).strip()
+    return None
+
+
+def _check_header_spacing(path: Path, text: str) -> None:
+    """Refuse zero/negative spacing written in a MetaImage or NRRD header (ITK would silently
+    turn a negative spacing into a flipped direction, and refuses zero with a cryptic message)."""
     patterns = (r"^\s*(?:ElementSpacing|ElementSize)\s*=\s*([^\n]+)", r"^\s*spacings\s*:\s*([^\n]+)")
     for pattern in patterns:
         for m in re.finditer(pattern, text, flags=re.M | re.I):
@@ -104,27 +227,80 @@ def _check_header_spacing(path: Path) -> None:
                 try:
                     values.append(float(tok))
                 except ValueError:
-                    continue  # nan for non-spatial axes in NRRD, or the start of binary data
+                    continue  # nan for non-spatial axes in NRRD
             if any(v <= 0 for v in values):
                 raise InputError(path, f"zero or negative voxel spacing {tuple(values)} mm in the header")
 
 
+def _check_data_size(path: Path, text: str, header_bytes: int, reader) -> None:
+    """Refuse a header that declares more voxel bytes than its data can hold: the attached data
+    after the header, or the detached file (``.raw`` of a ``.mhd``, data file of a ``.nhdr``).
+    Raw data must hold them all; gzip-compressed data at most 1100 times its size. Other
+    encodings (bzip2, text, file lists) are left to ITK."""
+    nbytes, name = _voxel_type(reader)
+    size = tuple(int(s) for s in reader.GetSize())
+    declared = int(np.prod(size, dtype=np.int64)) * int(reader.GetNumberOfComponents()) * nbytes
+    if path.suffix.lower() in (".nrrd", ".nhdr"):
+        encoding = (_header_field(text, "encoding") or "raw").lower()
+        ratio = {"raw": 1, "gzip": MAX_DEFLATE_RATIO, "gz": MAX_DEFLATE_RATIO}.get(encoding)
+    else:
+        compressed = (_header_field(text, "CompressedData") or "false").lower() == "true"
+        ratio = MAX_DEFLATE_RATIO if compressed else 1
+    if ratio is None:
+        return
+    detached = detached_data_files(path)
+    if detached:
+        data = detached[0]
+        held = data.stat().st_size
+    elif path.suffix.lower() in (".mhd", ".nhdr"):
+        return  # a list or pattern of data files
+    else:
+        data = path
+        held = max(path.stat().st_size - header_bytes, 0)
+    if declared <= held * ratio:
+        return
+    what = f"{declared} bytes of voxels ({'×'.join(map(str, size))} {name})"
+    if data == path:
+        raise InputError(path, f"header declares {what} but the file holds at most {held * ratio}: truncated")
+    raise InputError(data, f"holds {held} bytes, but its header {path} declares {what}: truncated")
+
+
 def read_sitk_file(path: str | Path) -> Volume:
-    """Read an NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, validating it like NIfTI."""
+    """Read an NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, validating it like NIfTI.
+
+    The header is read first: a missing or short detached data file, complex or multi-component
+    voxels, 4D series and images over the limits of :mod:`medseg.io.limits` are refused before
+    any voxel is read.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "does not exist" if not path.exists() else "is not a file")
-    _check_header_spacing(path)
+    text, header_bytes = _header_text(path)
+    _check_header_spacing(path, text)
+    for data in detached_data_files(path):
+        if not data.is_file():
+            raise InputError(data, f"{'does not exist' if not data.exists() else 'is not a file'} "
+                             f"(the voxel data file named by {path})")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    native = _NativeOutput()
     try:
-        img = sitk.ReadImage(str(path))
+        with native:
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(path, f"not a readable NRRD/MetaImage file ({_itk_detail(exc)})") from None
-    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+        raise InputError(path, f"not a readable NRRD/MetaImage file ({_itk_detail(exc, native)})") from None
+    _check_image_information(path, reader)
+    _check_data_size(path, text, header_bytes, reader)
+    native = _NativeOutput()
+    try:
+        with native:
+            img = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(path, f"voxel data cannot be read ({_itk_detail(exc, native)})") from None
+    if img.GetDimension() == 4:
         img = img[:, :, :, 0]
-    elif img.GetDimension() == 4:
-        raise InputError(path, f"4D data {img.GetSize()}: a series of {img.GetSize()[3]} volumes, not one 3D volume")
     _check_sitk_image(path, img)
     vol = sitk_to_volume(img, source=str(path), meta={"format": path.suffix.lower().lstrip(".")})
     _check_finite(path, vol.array)
@@ -136,7 +312,7 @@ def write_sitk_file(volume: Volume, path: str | Path) -> Path:
     import SimpleITK as sitk
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _NativeOutput():
         sitk.WriteImage(volume_to_sitk(volume), str(tmp), useCompression=True)
     return path
 
@@ -169,6 +345,7 @@ def _tag(reader, key: str) -> str:
 
 
 def _header_reader(file: str):
+    """An ImageFileReader of ``file`` with its header read (RuntimeError when it cannot be)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -184,18 +361,65 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
 
     folder = Path(folder)
     series = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    with _NativeOutput():
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    for uid in uids:
+        with _NativeOutput():
+            files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
         description = modality = ""
         if files:
             try:
-                reader = _header_reader(files[0])
+                with _NativeOutput():
+                    reader = _header_reader(files[0])
                 description = _tag(reader, "0008|103e")
                 modality = _tag(reader, "0008|0060")
             except RuntimeError:
                 pass
         series.append(DicomSeries(uid=uid, description=description, files=files, modality=modality))
     return series
+
+
+def _dicom_header(file: str | Path):
+    """:func:`_header_reader` of one file of a series; InputError naming the file when it fails."""
+    native = _NativeOutput()
+    try:
+        with native:
+            return _header_reader(str(file))
+    except RuntimeError as exc:
+        detail = native.first_line() or _itk_detail(exc)
+        if not detail or "Unable to determine ImageIO reader" in detail:
+            detail = "GDCM cannot parse it"
+        raise InputError(file, f"DICOM file cannot be read: truncated or corrupt ({detail})") from None
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little endian
+
+
+def _looks_like_broken_image(file: Path) -> bool:
+    """True for a DICOM file that is an image or not DICOM at all: it holds a Pixel Data element,
+    or it has the ``DICM`` preamble but no file meta group after it. False for a DICOM object
+    without pixels (a structured report, a presentation state), which is no slice of a series."""
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    if _PIXEL_DATA_TAG in data:
+        return True
+    meta_group = data[132:134] == b"\x02\x00" and data[136:138].isalpha() and data[136:138].isupper()
+    return data[128:132] == b"DICM" and not meta_group
+
+
+def _check_readable_files(folder: Path, series: list[DicomSeries]) -> None:
+    """Refuse a folder holding a DICOM file (a ``.dcm`` name or the ``DICM`` preamble) that GDCM
+    put in no series because it cannot parse it: an image left out would be a missing slice.
+    DICOM objects without pixel data (reports, presentation states) are left alone."""
+    grouped = {Path(f).name for s in series for f in s.files}
+    for f in sorted(folder.iterdir()):
+        if f.name in grouped or f.name.startswith(".") or not f.is_file() or not is_dicom_file(f):
+            continue
+        if _looks_like_broken_image(f):
+            _dicom_header(f)
 
 
 def _check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:
@@ -205,7 +429,7 @@ def _check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:
     positions = []
     normal = None
     for f in files:
-        reader = _header_reader(f)
+        reader = _dicom_header(f)
         pos = _tag(reader, "0020|0032")
         ori = _tag(reader, "0020|0037")
         if not pos or not ori:
@@ -231,15 +455,33 @@ def _check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:
                      f"(median {step:.3f} mm)")
 
 
+def _check_decodable_files(files: tuple[str, ...]) -> None:
+    """Decode each file of a series that failed as a whole; InputError naming the first that fails."""
+    import SimpleITK as sitk
+
+    for f in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(f)
+        native = _NativeOutput()
+        try:
+            with native:
+                reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f, f"DICOM pixel data cannot be decoded ({_itk_detail(exc, native)})") from None
+
+
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
     """Read the one DICOM series in ``folder`` (or the one named by ``series_uid``).
 
     Voxels are GDCM's decoded values with the rescale slope/intercept applied (CT in HU).
 
     Raises:
-        InputError: empty folder, no DICOM files, several series and no ``series_uid``
-            (the message lists every SeriesInstanceUID with its description), an unknown
-            ``series_uid``, missing slices or uneven slice spacing.
+        InputError: empty folder, no DICOM files, a DICOM file that cannot be read (named),
+            several series and no ``series_uid`` (the message lists every SeriesInstanceUID with
+            its description), an unknown ``series_uid``, RGB or complex voxels, a series larger
+            than the limits of :mod:`medseg.io.limits` (checked from the first file's header
+            before any pixel is decoded), missing slices or uneven slice spacing, pixel data that
+            cannot be decoded (naming the file).
     """
     import SimpleITK as sitk
 
@@ -249,6 +491,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     if not any(p.is_file() for p in folder.iterdir()):
         raise InputError(folder, "empty folder: no files to read")
     series = list_dicom_series(folder)
+    _check_readable_files(folder, series)
     if not series:
         raise InputError(folder, "no DICOM series found in this folder")
     if series_uid is not None:
@@ -262,13 +505,17 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
                          + "; ".join(f"{s.uid or '(empty SeriesInstanceUID)'} ({s.description or 'no description'}, {len(s.files)} files)" for s in series))
     else:
         chosen = series[0]
+    _check_image_information(folder, _dicom_header(chosen.files[0]), slices=len(chosen.files))
     _check_slice_positions(folder, chosen.files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
+    native = _NativeOutput()
     try:
-        img = reader.Execute()
+        with native:
+            img = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(folder, f"DICOM series cannot be decoded ({_itk_detail(exc)})") from None
+        _check_decodable_files(chosen.files)
+        raise InputError(folder, f"DICOM series cannot be decoded ({_itk_detail(exc, native)})") from None
     _check_sitk_image(folder, img)
     meta = {"format": "dicom", "dicom": {"series_uid": chosen.uid, "description": chosen.description,
                                          "modality": chosen.modality, "n_files": len(chosen.files)}}

@@ -7,12 +7,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Volume", "affine_spacing", "orientation_code"]
+__all__ = ["Volume", "affine_spacing", "orientation_code", "affine_difference_mm"]
 
 
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel spacing in mm: the lengths of the affine's first three columns."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def affine_difference_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
+    """How far apart (mm) two voxel-to-world affines put the same voxel: the largest distance
+    between the world positions the two give the corner voxels of an image of ``shape``
+    (``(I, J, K)``). 0.0 for equal affines; it grows with a rotation or spacing difference in
+    proportion to the field of view."""
+    corners = np.array(np.meshgrid(*[(0.0, max(int(n) - 1, 0)) for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
+    delta = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))[:3] @ homogeneous
+    return float(np.sqrt((delta ** 2).sum(axis=0)).max())
 
 
 def orientation_code(affine: np.ndarray) -> str:
@@ -33,7 +44,9 @@ class Volume:
             in mm, RAS+ convention (NIfTI's; DICOM/ITK LPS geometry is converted on read).
         source: the file or folder it was read from (``None`` when made in memory).
         meta: format details that writing may reuse: ``"nifti_header"`` (a nibabel header whose
-            qform/sform codes are kept on write), ``"dicom"`` (series UID, description, …).
+            qform/sform codes are kept on write), ``"dicom"`` (series UID, description, …);
+            ``"warnings"``: one line (``"<file>: <what>"``) per doubt the reader resolved and went
+            on (e.g. a NIfTI qform and sform that disagree), for batch state and reports.
     """
 
     array: np.ndarray

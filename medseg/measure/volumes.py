@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.io import check_same_grid
 from medseg.io.volume import Volume
 
 __all__ = ["compute_volumes", "present_labels", "CompactLabels"]
@@ -215,16 +216,17 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
         The report dict; numbers unrounded, NaN written as ``None``.
 
     Raises:
-        ValueError: an image or probability array not on the label map's grid, a non-integer map.
+        ValueError: an image or probability array not on the label map's grid (an image off it:
+            :class:`medseg.errors.InputError` naming ``seg``, from :func:`medseg.io.check_same_grid`),
+            a non-integer map.
     """
     arr = np.asarray(seg.array)
     if arr.dtype.kind not in "iub":
         raise ValueError(f"seg must be an integer label map, not dtype {arr.dtype} ({seg.source})")
     if arr.size and arr.min() < 0:
         raise ValueError(f"seg holds negative label values ({seg.source})")
-    if image is not None and not seg.same_grid(image):
-        raise ValueError(f"image {image.source} (shape {image.shape}) is not on the segmentation's grid "
-                         f"{seg.source} (shape {seg.shape}); resample one onto the other first")
+    if image is not None:
+        check_same_grid(image, seg)
     if labels is None:
         labels = {v: str(v) for v in present_labels(arr) if v != 0}
     labels = _check_labels(labels)

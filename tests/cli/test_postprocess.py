@@ -74,7 +74,7 @@ def test_crf_cli_bad_inputs(cli, flair_case, tmp_path):
     nib.save(nib.Nifti1Image((p > 0.5).astype(np.uint8), aff), str(tmp_path / "ints.nii.gz"))
     cases["ints.nii.gz"] = "float32 or float16"
     (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti at all")
-    cases["junk.nii.gz"] = "not a readable NIfTI"
+    cases["junk.nii.gz"] = "named .gz but is not gzip-compressed"
     cases["missing.nii.gz"] = "does not exist"
     from medseg.io.probabilities import read_probabilities
     from medseg.errors import InputError

@@ -116,15 +116,33 @@ def test_cli_soft_volumes_and_errors(shared_data, cli, tmp_path):
     soft = json.loads((tmp_path / "soft.json").read_text())["structures"]
     assert soft["liver"]["volume_ml_soft"] == pytest.approx(soft["liver"]["volume_ml"] / 2)
     assert soft["spleen"]["volume_ml_soft"] == 0.0 and soft["colon"]["volume_ml_soft"] is None
-    # An image on another grid: one line naming the image file.
+    # An image of another shape: one line naming the segmentation, then the image and both shapes.
     proc = cli("volumes", ct / "example_ct_sm_seg.nii.gz", "--image", ct / "example_ct.nii.gz", "-o", tmp_path / "x.json")
     assert proc.returncode == 1 and not (tmp_path / "x.json").exists()
-    assert proc.stderr.count("\n") == 1 and "example_ct.nii.gz" in proc.stderr and "grid" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"medseg: error: {ct / 'example_ct_sm_seg.nii.gz'}: ")
+    assert f"({ct / 'example_ct.nii.gz'})" in proc.stderr and "shape" in proc.stderr
     proc = cli("volumes", ct / "example_ct_sm_seg.nii.gz", "--probabilities", ct / "example_ct_sm.nii.gz",
                "-o", tmp_path / "x.json")
     assert proc.returncode == 1 and "example_ct_sm.nii.gz" in proc.stderr and "4D" in proc.stderr
     proc = cli("volumes", tmp_path / "missing.nii.gz", "-o", tmp_path / "x.json")
     assert proc.returncode == 1 and "missing.nii.gz" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_segmentation_on_another_affine_is_named_with_the_distance(cli, tmp_path):
+    """Same shape, affine shifted 2.5 mm: the message names the segmentation and the image it is
+    not on, and gives the distance in mm, not the (equal) shapes."""
+    shape = (8, 9, 10)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    moved = affine.copy()
+    moved[:3, 3] = [1.5, 2.0, 0.0]
+    image = write_nifti_array(np.zeros(shape, np.int16), affine, tmp_path / "img.nii.gz")
+    seg = write_nifti_array(np.ones(shape, np.uint8), moved, tmp_path / "seg.nii.gz")
+    proc = cli("volumes", seg, "--image", image, "-o", tmp_path / "r.json")
+    assert proc.returncode == 1 and not (tmp_path / "r.json").exists()
+    assert proc.stderr == (f"medseg: error: {seg}: label map geometry differs from its image's ({image}): "
+                           "affines differ by up to 2.5 mm\n")
+    with pytest.raises(ValueError, match="affines differ by up to 2.5 mm"):
+        compute_volumes(read_label(seg), Volume(np.zeros(shape, np.int16), affine, source=str(image)))
 
 
 def test_float_label_map_on_real_lps_grid(shared_data, tmp_path):
