@@ -61,14 +61,12 @@ def _child(mode: str, archive: str, model: str, out: str) -> None:
         record = fsa.segment_archive(archive, model, out)
         elapsed = time.perf_counter() - t
     else:
-        from medseg.batch import BatchOptions, run_batch
-        from medseg.inference import Predictor
-
         from concurrent.futures import ThreadPoolExecutor
 
+        from medseg.batch import BatchOptions, run_batch
+
         def loop() -> dict:
-            predictor = Predictor.from_model_dir(model)
-            return run_batch(archive, predictor, out, BatchOptions(), model_dir=model)
+            return run_batch(archive, model, out, BatchOptions())
 
         # The flow runs its tasks in one worker thread (ThreadPoolTaskRunner(max_workers=1)); the
         # loop does too, so that both compute alike (torch's CPU kernels run at a different speed

@@ -45,6 +45,7 @@ from medseg.batch.state import (
 from medseg.batch.studies import Study
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
+from medseg.io import check_volume_size
 from medseg.io.files import content_hash, content_signature
 
 __all__ = [
@@ -190,6 +191,11 @@ def _hash_study(job: Job, study: Study, state: dict[str, Any] | None, verify: bo
     if not verify and state is not None and state.get("signature") == signature and state.get("content_hash"):
         return state["content_hash"], signature, ""
     try:
+        for path in inputs:  # an image too large to read is not read whole to be hashed either
+            check_volume_size(path)
+    except InputError:  # its failure is recorded when it is processed; its identity is its files' stat
+        return "stat:" + hashlib.blake2b(json.dumps(signature).encode(), digest_size=16).hexdigest(), signature, ""
+    try:
         return content_hash(inputs), signature, ""
     except OSError as exc:
         return "", signature, str(exc.strerror or exc)
@@ -206,7 +212,9 @@ def plan_studies(job: Job, studies: list[Study], out_dir: str | Path, key: str, 
 
     Content hashes are read from the state when every file of the study has the size, mtime and
     inode recorded with it; only the other studies are read and hashed, ``threads`` at a time.
-    ``verify`` hashes every study's bytes.
+    ``verify`` hashes every study's bytes. An image whose header the readers refuse (larger than
+    the voxel limit, truncated…) is not read to be hashed: the stat of its files stands for its
+    content.
     """
     from concurrent.futures import ThreadPoolExecutor
 

@@ -167,7 +167,9 @@ class SegmentJob:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         rel = f"{STUDIES_DIR}/{study.study_id}"
-        return {"segmentation": f"{rel}/{SEGMENTATION_FILE}", "volumes": f"{rel}/{VOLUMES_FILE}"}, {}
+        warnings = [w for image in images for w in image.meta.get("warnings", [])]
+        return ({"segmentation": f"{rel}/{SEGMENTATION_FILE}", "volumes": f"{rel}/{VOLUMES_FILE}"},
+                {"warnings": warnings} if warnings else {})
 
     def discard(self, out_dir: Path, state: dict[str, Any]) -> None:
         shutil.rmtree(out_dir / STUDIES_DIR / state["study"], ignore_errors=True)

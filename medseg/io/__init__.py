@@ -27,8 +27,9 @@ from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from medseg.io.files import IMAGE_SUFFIXES, content_hash, is_image_path, strip_image_suffix
 from medseg.io.limits import MAX_VOXELS_ENV, available_memory, check_image_size, max_voxels, set_max_voxels
 from medseg.io.probabilities import read_probabilities
-from medseg.io.nifti import is_nifti_path, read_nifti, read_nifti_voxels, write_nifti, write_nifti_array
+from medseg.io.nifti import check_nifti_size, is_nifti_path, read_nifti, read_nifti_voxels, write_nifti, write_nifti_array
 from medseg.io.sitk_io import (
+    check_sitk_size,
     DicomSeries,
     is_dicom_file,
     list_dicom_series,
@@ -47,6 +48,7 @@ __all__ = [
     "is_dicom_file",
     "read_volume",
     "read_channels",
+    "check_volume_size",
     "write_volume",
     "read_label",
     "read_probabilities",
@@ -127,6 +129,25 @@ def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_ui
             raise InputError(other.source, f"channel is not on the grid of {first.source} (affines differ by "
                              f"up to {diff:.4g} mm); every channel must share one grid")
     return volumes
+
+
+def check_volume_size(path: str | Path) -> None:
+    """Refuse, from its header alone, an image file :func:`read_volume` would refuse before
+    reading voxels (not an image, an invalid header, RGB/complex voxels, more voxels than the
+    file holds or than :func:`max_voxels` / the memory allow). Folders (DICOM series) and files
+    of unknown format pass: their checks need the files read.
+
+    Raises:
+        InputError: naming the file and the problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return
+    name = path.name.lower()
+    if is_nifti_path(name) or name.endswith(".gz"):
+        check_nifti_size(path)
+    elif name.endswith(SITK_SUFFIXES):
+        check_sitk_size(path)
 
 
 def write_volume(volume: Volume, path: str | Path, *, dtype=None) -> Path:

@@ -15,7 +15,7 @@ from medseg.io.atomic import atomic_path
 from medseg.io.limits import MAX_DEFLATE_RATIO, check_image_size
 from medseg.io.volume import Volume, affine_difference_mm
 
-__all__ = ["read_nifti", "read_nifti_voxels", "write_nifti", "write_nifti_array", "is_nifti_path"]
+__all__ = ["check_nifti_size", "read_nifti", "read_nifti_voxels", "write_nifti", "write_nifti_array", "is_nifti_path"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -103,16 +103,11 @@ def _check_voxel_type(path: Path, hdr, dtype: np.dtype) -> None:
         raise InputError(path, f"complex-valued voxels ({dtype}); medseg reads real-valued scans")
 
 
-def _read_header_and_voxels(path: Path, stream, file_size: int, compressed: bool,
-                            check_header: Callable[[Any, tuple[int, ...]], None] | None):
-    """Parse the header from ``stream`` and read the voxel bytes into one writeable buffer.
-
-    Before any voxel is read: the header is validated, ``check_header(header, shape)`` runs, the
-    declared size is checked against what the file can hold and against
-    :func:`medseg.io.limits.check_image_size`. The voxels land directly in a ``bytearray`` of the
-    size the header declares (no copy of the compressed file, no second copy of the data): peak
-    memory is about one array.
-    """
+def _checked_header(path: Path, stream, file_size: int, compressed: bool,
+                    check_header: Callable[[Any, tuple[int, ...]], None] | None):
+    """Parse and check the header at the start of ``stream``: the fields, the voxel type,
+    ``check_header``, the declared size against what the file can hold and against
+    :func:`medseg.io.limits.check_image_size`. Returns ``(header, shape, dtype, bytes read, voxel offset)``."""
     head = stream.read(540)
     cls, offset = _header_class(path, head)
     if len(head) < offset:
@@ -128,6 +123,22 @@ def _read_header_and_voxels(path: Path, stream, file_size: int, compressed: bool
         raise InputError(path, f"header declares {nbytes} bytes of voxels ({shape} {dtype}) but the file holds "
                          f"at most {max(limit, 0)}: truncated or not a NIfTI file")
     check_image_size(path, shape, dtype.itemsize, dtype.name)
+    return hdr, shape, dtype, head, offset
+
+
+def _read_header_and_voxels(path: Path, stream, file_size: int, compressed: bool,
+                            check_header: Callable[[Any, tuple[int, ...]], None] | None):
+    """Parse the header from ``stream`` and read the voxel bytes into one writeable buffer.
+
+    Before any voxel is read: the header is validated, ``check_header(header, shape)`` runs, the
+    declared size is checked against what the file can hold and against
+    :func:`medseg.io.limits.check_image_size`. The voxels land directly in a ``bytearray`` of the
+    size the header declares (no copy of the compressed file, no second copy of the data): peak
+    memory is about one array.
+    """
+    hdr, shape, dtype, head, offset = _checked_header(path, stream, file_size, compressed, check_header)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    nbytes = count * dtype.itemsize
     buf = bytearray(nbytes)
     pre = head[offset:offset + nbytes]
     buf[:len(pre)] = pre
@@ -144,6 +155,38 @@ def _read_header_and_voxels(path: Path, stream, file_size: int, compressed: bool
         while stream.read(1 << 20):  # to the end: the gzip trailer (CRC, length) is checked there
             pass
     return hdr, np.frombuffer(buf, dtype=dtype, count=count).reshape(shape, order="F")
+
+
+def _with_stream(path: Path, read: Callable[[Any, int, bool], Any]):
+    """``read(stream, file size, compressed)`` on the file's bytes (gunzipped when it is gzip),
+    with read errors turned into one-line :class:`InputError` s."""
+    from isal import igzip
+
+    try:
+        file_size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not a NIfTI file") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if magic == GZIP_MAGIC:
+        try:
+            with igzip.open(path, "rb") as stream:
+                return read(stream, file_size, True)
+        except InputError:
+            raise
+        except _gzip_errors() as exc:
+            raise InputError(path, f"truncated or corrupt gzip stream ({exc})") from None
+    if str(path).lower().endswith(".gz"):
+        raise InputError(path, "named .gz but is not gzip-compressed")
+    try:
+        with open(path, "rb") as stream:
+            return read(stream, file_size, False)
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
 
 
 def read_nifti_voxels(path: str | Path, *, check_header: Callable[[Any, tuple[int, ...]], None] | None = None):
@@ -164,34 +207,19 @@ def read_nifti_voxels(path: str | Path, *, check_header: Callable[[Any, tuple[in
             RGB or complex voxels, more voxel bytes declared than the file can hold, larger than
             :func:`medseg.io.limits.max_voxels` or the memory available.
     """
-    from isal import igzip
-
     path = Path(path)
-    try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as f:
-            magic = f.read(2)
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not a NIfTI file") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if magic == GZIP_MAGIC:
-        try:
-            with igzip.open(path, "rb") as stream:
-                return _read_header_and_voxels(path, stream, file_size, True, check_header)
-        except InputError:
-            raise
-        except _gzip_errors() as exc:
-            raise InputError(path, f"truncated or corrupt gzip stream ({exc})") from None
-    if str(path).lower().endswith(".gz"):
-        raise InputError(path, "named .gz but is not gzip-compressed")
-    try:
-        with open(path, "rb") as stream:
-            return _read_header_and_voxels(path, stream, file_size, False, check_header)
-    except InputError:
-        raise
-    except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    return _with_stream(path, lambda stream, size, gz: _read_header_and_voxels(path, stream, size, gz, check_header))
+
+
+def check_nifti_size(path: str | Path) -> None:
+    """The checks :func:`read_nifti_voxels` makes before reading any voxel (header, voxel type,
+    declared size against the file and the limits), reading only the header.
+
+    Raises:
+        InputError: as :func:`read_nifti_voxels`.
+    """
+    path = Path(path)
+    _with_stream(path, lambda stream, size, gz: _checked_header(path, stream, size, gz, None))
 
 
 def _check_volume_shape(path: Path, hdr, shape: tuple[int, ...]) -> None:

@@ -24,6 +24,7 @@ from medseg.io.limits import MAX_DEFLATE_RATIO, check_image_size
 from medseg.io.volume import Volume
 
 __all__ = [
+    "check_sitk_size",
     "DicomSeries",
     "is_dicom_file",
     "list_dicom_series",
@@ -265,16 +266,10 @@ def _check_data_size(path: Path, text: str, header_bytes: int, reader) -> None:
     raise InputError(data, f"holds {held} bytes, but its header {path} declares {what}: truncated")
 
 
-def read_sitk_file(path: str | Path) -> Volume:
-    """Read an NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, validating it like NIfTI.
-
-    The header is read first: a missing or short detached data file, complex or multi-component
-    voxels, 4D series and images over the limits of :mod:`medseg.io.limits` are refused before
-    any voxel is read.
-    """
+def _checked_sitk_reader(path: Path):
+    """An ITK reader of ``path`` whose header passed every check made before reading voxels."""
     import SimpleITK as sitk
 
-    path = Path(path)
     if not path.is_file():
         raise InputError(path, "does not exist" if not path.exists() else "is not a file")
     text, header_bytes = _header_text(path)
@@ -293,6 +288,27 @@ def read_sitk_file(path: str | Path) -> Volume:
         raise InputError(path, f"not a readable NRRD/MetaImage file ({_itk_detail(exc, native)})") from None
     _check_image_information(path, reader)
     _check_data_size(path, text, header_bytes, reader)
+    return reader
+
+
+def check_sitk_size(path: str | Path) -> None:
+    """The checks :func:`read_sitk_file` makes before reading any voxel, reading only the header.
+
+    Raises:
+        InputError: as :func:`read_sitk_file`.
+    """
+    _checked_sitk_reader(Path(path))
+
+
+def read_sitk_file(path: str | Path) -> Volume:
+    """Read an NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, validating it like NIfTI.
+
+    The header is read first: a missing or short detached data file, complex or multi-component
+    voxels, 4D series and images over the limits of :mod:`medseg.io.limits` are refused before
+    any voxel is read.
+    """
+    path = Path(path)
+    reader = _checked_sitk_reader(path)
     native = _NativeOutput()
     try:
         with native:

@@ -230,3 +230,24 @@ def test_a_study_that_kills_its_process_twice_is_recorded_as_failed(tmp_path, ph
     assert run_batch(archive, phantom_model, out, device="cpu")["skipped"] == ids  # not retried
     write_volume(_study(4321).image, archive / f"{victim}.nii.gz")  # new bytes: tried again
     assert run_batch(archive, phantom_model, out, device="cpu")["processed"] == [victim]
+
+
+def test_a_huge_image_is_refused_without_being_read_whole(tmp_path, phantom_model):
+    """A 20 GB (sparse) NIfTI in the archive: refused from its header in well under a minute (not
+    read whole to be hashed), the other studies done, and not looked at again the next night."""
+    from tests.io.test_bad_input import BIG_SHAPE, _sparse_nifti
+
+    archive = tmp_path / "archive"
+    _archive(archive, 1, labels=False)
+    big = _sparse_nifti(archive / "big.nii", BIG_SHAPE)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    record = run_batch(archive, phantom_model, out, device="cpu")
+    assert time.monotonic() - start < 60
+    assert record["processed"] == ["s0"] and record["failed"] == ["big"]
+    [row] = _rows(out / "failures.csv")
+    assert row["error"].startswith(f"{big}: 4000×2500×1000 = 1.0e10 voxels")
+    start = time.monotonic()
+    assert run_batch(archive, phantom_model, out, device="cpu")["skipped"] == ["big", "s0"]
+    assert run_batch(archive, phantom_model, out, device="cpu", verify=True)["skipped"] == ["big", "s0"]
+    assert time.monotonic() - start < 60
