@@ -18,13 +18,14 @@ manifest (paths confined to the dataset's folder in the same way).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import InputError
+from medseg.errors import InputError, read_text_input
 from medseg.io.atomic import atomic_path
 from medseg.io.files import strip_image_suffix
 
@@ -107,54 +108,91 @@ def read_manifest(path: str | Path, *, root: str | Path | None = None, allow_out
                   check_exists: bool = True) -> list[ManifestRow]:
     """Read and validate a manifest CSV.
 
+    The file is UTF-8 text (a byte order mark is dropped; ``\n`` or ``\r\n`` line ends). Blank
+    lines (and lines of empty fields only) are skipped; columns besides ``case_id, image, label,
+    split, modality`` are kept in :attr:`ManifestRow.extra`; a path holding a comma is quoted
+    (``"scans/a,b.nii.gz"``). Line numbers in messages are the file's own.
+
     Args:
         path: the CSV file.
         root: folder every relative path must stay inside (default: the manifest's folder);
             ``${MEDSEG_SHARED_DATA}/`` paths may also lie inside :func:`shared_data_dir`.
         allow_outside: accept absolute paths and paths outside ``root``.
-        check_exists: require every image and label file to exist.
+        check_exists: require every image and label file to exist (training: every case must
+            be there). With ``False`` a missing file is no error here: its row is returned, and
+            the caller reports it as that case's failure (ingest, batch).
 
     Raises:
-        InputError: missing columns, duplicate case ids, bad split, empty image, a path that
-            escapes the root, a missing file (each names the manifest and the line).
+        InputError: naming the manifest (and the line): not UTF-8 text, missing or repeated
+            columns, no cases, duplicate case ids, bad split, no image, an empty item in a ``;``
+            channel list, more values than columns, a path that escapes the root, a missing file
+            (only with ``check_exists``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "manifest not found")
+    text = read_text_input(path, "manifest")
     base = path.resolve().parent
     root_dir = Path(root).resolve() if root is not None else base
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("case_id", "image", "label", "split") if c not in cols]
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header: list[str] | None = None
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                header = [f.strip() for f in fields]
+                break
+        if header is None:
+            raise InputError(path, "empty manifest; expected the header case_id,image,label,split[,modality] "
+                             "and one line per case")
+        missing = [c for c in ("case_id", "image", "label", "split") if c not in header]
         if missing:
-            raise InputError(path, f"manifest lacks column(s) {', '.join(missing)}; expected case_id,image,label,split[,modality]")
+            raise InputError(path, f"manifest lacks column(s) {', '.join(missing)}; "
+                             "expected case_id,image,label,split[,modality]")
+        repeated = sorted({c for c in header if c and header.count(c) > 1})
+        if repeated:
+            raise InputError(path, f"line {reader.line_num}: column(s) {', '.join(repeated)} given twice")
         rows: list[ManifestRow] = []
         seen: set[str] = set()
-        for line, raw in enumerate(reader, start=2):
-            rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            case = rec["case_id"]
-            if not case:
-                raise InputError(path, f"line {line}: empty case_id")
-            if case in seen:
-                raise InputError(path, f"line {line}: duplicate case_id {case!r}")
-            seen.add(case)
-            split = rec["split"].lower()
-            if split not in SPLITS:
-                raise InputError(path, f"line {line}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
-            if not rec["image"]:
-                raise InputError(path, f"line {line}: case {case!r} has no image")
-            images = tuple(_resolve(path, base, root_dir, v, allow_outside, line) for v in rec["image"].split(";") if v.strip())
-            label = _resolve(path, base, root_dir, rec["label"], allow_outside, line) if rec["label"] else None
-            if check_exists:
-                for p in images + ((label,) if label else ()):
-                    if not p.exists():
-                        raise InputError(path, f"line {line}: file not found: {p}")
-            extra = {k: v for k, v in rec.items() if k not in MANIFEST_COLUMNS}
-            rows.append(ManifestRow(case, images, label, split, rec.get("modality", ""), extra))
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue
+            rows.append(_manifest_row(path, reader.line_num, header, fields, base, root_dir, allow_outside,
+                                      check_exists, seen))
+    except csv.Error as exc:
+        raise InputError(path, f"line {reader.line_num}: not valid CSV ({exc})") from None
     if not rows:
         raise InputError(path, "manifest has no cases")
     return rows
+
+
+def _manifest_row(path: Path, line: int, header: list[str], fields: list[str], base: Path, root_dir: Path,
+                  allow_outside: bool, check_exists: bool, seen: set[str]) -> ManifestRow:
+    """One validated case of a manifest (``line``: where its record ends in the file)."""
+    if len(fields) > len(header) and any(f.strip() for f in fields[len(header):]):
+        raise InputError(path, f"line {line}: {len(fields)} values for {len(header)} columns "
+                         "(quote a path that holds a comma: \"scans/a,b.nii.gz\")")
+    rec = {name: (fields[i].strip() if i < len(fields) else "") for i, name in enumerate(header) if name}
+    case = rec["case_id"]
+    if not case:
+        raise InputError(path, f"line {line}: empty case_id")
+    if case in seen:
+        raise InputError(path, f"line {line}: duplicate case_id {case!r}")
+    seen.add(case)
+    split = rec["split"].lower()
+    if split not in SPLITS:
+        raise InputError(path, f"line {line}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
+    if not rec["image"]:
+        raise InputError(path, f"line {line}: case {case!r} has no image")
+    channels = rec["image"].split(";")
+    if any(not c.strip() for c in channels):
+        raise InputError(path, f"line {line}: case {case!r}: empty item in the channel list {rec['image']!r} "
+                         "(channel paths are joined by ';', one per channel)")
+    images = tuple(_resolve(path, base, root_dir, c, allow_outside, line) for c in channels)
+    label = _resolve(path, base, root_dir, rec["label"], allow_outside, line) if rec["label"] else None
+    if check_exists:
+        for p in images + ((label,) if label else ()):
+            if not p.exists():
+                raise InputError(path, f"line {line}: file not found: {p}")
+    extra = {k: v for k, v in rec.items() if k not in MANIFEST_COLUMNS}
+    return ManifestRow(case, images, label, split, rec.get("modality", ""), extra)
 
 
 def write_manifest(rows: list[ManifestRow], path: str | Path) -> Path:

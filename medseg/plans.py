@@ -13,21 +13,83 @@ Layout::
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medseg.errors import InputError
+from medseg.errors import InputError, read_text_input, validation_message
 from medseg.io.atomic import atomic_write_text
 from medseg.preprocess.config import PreprocessConfig
 
 __all__ = ["ModelSpec", "InferenceDefaults", "ModelPlans", "load_plans", "save_plans", "read_labels",
-           "write_labels", "WEIGHTS_FILE", "PLANS_FILE", "LABELS_FILE"]
+           "write_labels", "check_labels", "check_patch_size", "WEIGHTS_FILE", "PLANS_FILE", "LABELS_FILE",
+           "MAX_PATCH_SIDE", "MAX_PATCH_VOXELS"]
 
 WEIGHTS_FILE = "model.pt"
 PLANS_FILE = "plans.json"
 LABELS_FILE = "labels.json"
+
+# Patch (training crop and sliding window) bounds, in voxels of the preprocessed grid. No CT or MR
+# grid used for segmentation is wider than 1024 voxels along an axis, and images are padded up to
+# the patch, so a wider side only adds padding. 2**24 voxels is 256**3 (4096**2 in 2D): at that
+# size the smallest useful 3D U-Net already needs several GB of activations per sample. Larger
+# values are typos that would otherwise end in a MemoryError minutes into a run.
+MAX_PATCH_SIDE = 1024
+MAX_PATCH_VOXELS = 1 << 24
+
+
+def check_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:
+    """``patch_size`` as a tuple, checked: every side 1..:data:`MAX_PATCH_SIDE` voxels and at most
+    :data:`MAX_PATCH_VOXELS` voxels in all.
+
+    Raises:
+        ValueError: the bad value and the bound (validators put it under the ``patch_size`` key).
+    """
+    patch = tuple(int(p) for p in patch_size)
+    if not patch:
+        raise ValueError("must list the patch's size in voxels along each axis, e.g. [96, 96, 96]")
+    for axis, side in enumerate(patch):
+        if side < 1:
+            raise ValueError(f"{list(patch)}: {side} voxels along axis {axis}; each side must be at least 1")
+        if side > MAX_PATCH_SIDE:
+            raise ValueError(f"{list(patch)}: {side} voxels along axis {axis} is more than "
+                             f"{MAX_PATCH_SIDE}, wider than any CT/MR grid (sizes are voxels, not mm)")
+    voxels = math.prod(patch)
+    if voxels > MAX_PATCH_VOXELS:
+        raise ValueError(f"{list(patch)}: {voxels} voxels is more than {MAX_PATCH_VOXELS} (256^3), "
+                         "more than a network's activations fit in memory; use a smaller patch")
+    return patch
+
+
+def check_labels(labels: Mapping[int, str]) -> dict[int, str]:
+    """``labels`` (class id -> structure name) as a dict in the same order, checked: integer ids
+    of at least 0, names that are non-empty text, each name used once.
+
+    Raises:
+        TypeError: an id that is not an integer, a name that is not text.
+        ValueError: a negative id, an empty name, or one name for two ids (naming both ids).
+    """
+    out: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for key, name in labels.items():
+        if isinstance(key, bool) or not isinstance(key, numbers.Integral):
+            raise TypeError(f"label ids must be integers, not {type(key).__name__} {key!r}")
+        key = int(key)
+        if key < 0:
+            raise ValueError(f"negative label id {key}")
+        if not isinstance(name, str):
+            raise TypeError(f"the name of label {key} must be text, not {type(name).__name__} {name!r}")
+        if not name.strip():
+            raise ValueError(f"label {key} has an empty name")
+        if name in seen:
+            raise ValueError(f"the name {name!r} is used by both label {seen[name]} and label {key}; "
+                             "structure names must be unique")
+        seen[name] = key
+        out[key] = name
+    return out
 
 
 class ModelSpec(BaseModel):
@@ -55,6 +117,11 @@ class InferenceDefaults(BaseModel):
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
     slice_axis: int | None = Field(None, ge=0, le=2)
 
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_size(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return check_patch_size(v)
+
 
 class ModelPlans(BaseModel):
     """Everything needed to rebuild the network and its pre/post-processing from a folder."""
@@ -68,6 +135,14 @@ class ModelPlans(BaseModel):
     labels: dict[int, str] = Field(default_factory=dict, description="class id -> name (0 background excluded)")
     channel_names: list[str] = Field(default_factory=lambda: ["image"])
 
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[int, str]) -> dict[int, str]:
+        try:
+            return check_labels(v)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
 
 def save_plans(plans: ModelPlans, model_dir: str | Path) -> None:
     model_dir = Path(model_dir)
@@ -77,35 +152,57 @@ def save_plans(plans: ModelPlans, model_dir: str | Path) -> None:
 
 
 def load_plans(model_dir: str | Path) -> ModelPlans:
+    """The :class:`ModelPlans` of a model directory.
+
+    Raises:
+        InputError: no ``plans.json`` (not a model directory), or one that is not UTF-8 JSON
+            text or not valid plans (naming the file and each bad key).
+    """
     path = Path(model_dir) / PLANS_FILE
     if not path.is_file():
         raise InputError(model_dir, f"not a model directory (no {PLANS_FILE})")
+    text = read_text_input(path, "plans file")
     try:
-        return ModelPlans.model_validate_json(path.read_text())
+        return ModelPlans.model_validate_json(text)
     except ValueError as exc:
-        raise InputError(path, f"invalid plans: {str(exc).splitlines()[0]}") from None
+        raise InputError(path, f"invalid plans: {validation_message(exc)}") from None
+
+
+class _Pairs(list):
+    """A JSON object as its list of (key, value) pairs, in file order."""
 
 
 def read_labels(path: str | Path) -> dict[int, str]:
-    """Read a labels file ``{"1": "spleen", ...}`` into ``{1: "spleen", ...}`` (0 dropped)."""
+    """Read a labels file ``{"1": "spleen", ...}`` into ``{1: "spleen", ...}`` (sorted by id; 0 dropped).
+
+    Raises:
+        InputError: naming the file: unreadable, not UTF-8 JSON text, not an object of integer
+            ids to names, an id given twice, or a name given to two ids (naming both).
+    """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"not a readable labels JSON file ({exc})") from None
-    if not isinstance(data, dict):
+    text = read_text_input(path, "labels file")
+    try:  # as (key, value) pairs: a repeated id is an error, not silently the last one
+        data = json.loads(text, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not a JSON labels file ({exc})") from None
+    if not isinstance(data, _Pairs):
         raise InputError(path, "labels file must map label ids to names, e.g. {\"1\": \"liver\"}")
     out: dict[int, str] = {}
-    for k, v in data.items():
+    ids: set[int] = set()
+    for k, v in data:
         try:
             key = int(k)
         except ValueError:
             raise InputError(path, f"label id {k!r} is not an integer") from None
-        if key < 0:
-            raise InputError(path, f"negative label id {key}")
+        if key in ids:
+            raise InputError(path, f"label id {key} is given twice")
+        ids.add(key)
         if key != 0:
-            out[key] = str(v)
-    return dict(sorted(out.items()))
+            out[key] = dict(v) if isinstance(v, _Pairs) else v
+    try:
+        return dict(sorted(check_labels(out).items()))
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, str(exc)) from None
 
 
 def write_labels(labels: dict[int, str], path: str | Path) -> None:

@@ -102,6 +102,118 @@ def test_missing_columns(root):
         read_manifest(path)
 
 
+def test_missing_file_is_the_rows_failure_without_check_exists(root):
+    """Training needs every file (check_exists); ingest and batch read the rows and report a
+    missing file as that case's failure, so the row comes back."""
+    path = _manifest(root, "a,images/a.nii.gz,labels/a.nii.gz,train,CT\n"
+                           "gone,images/gone.nii.gz,labels/gone.nii.gz,test,CT\n"
+                           "b,images/b_0000.nii.gz;images/missing_0001.nii.gz,,test,MR\n")
+    with pytest.raises(InputError, match=r"line 3: file not found: .*images/gone.nii.gz"):
+        read_manifest(path)
+    rows = read_manifest(path, check_exists=False)
+    assert [r.case_id for r in rows] == ["a", "gone", "b"]
+    assert rows[1].images == ((root / "images" / "gone.nii.gz").resolve(),) and not rows[1].images[0].exists()
+    assert rows[1].label == (root / "labels" / "gone.nii.gz").resolve()
+    assert rows[2].images[1] == (root / "images" / "missing_0001.nii.gz").resolve()
+
+
+def test_bom_crlf_blank_lines_extra_columns_and_quoted_commas(root):
+    _touch(root / "images" / "a,b.nii.gz")
+    text = ("\ufeffcase_id,image,label,split,modality,notes\r\n"
+            "\r\n"
+            "a,images/a.nii.gz,labels/a.nii.gz,train,CT,first\r\n"
+            ",,,,,\r\n"
+            "   \r\n"
+            "c,\"images/a,b.nii.gz\",,val,CT,\"has, a comma\"\r\n"
+            "b,images/b_0000.nii.gz;images/b_0001.nii.gz,,test,MR,\r\n"
+            "\r\n")
+    path = root / "m.csv"
+    path.write_bytes(text.encode("utf-8"))
+    rows = read_manifest(path)
+    assert [(r.case_id, r.split, r.modality, r.extra) for r in rows] == [
+        ("a", "train", "CT", {"notes": "first"}), ("c", "val", "CT", {"notes": "has, a comma"}),
+        ("b", "test", "MR", {"notes": ""})]
+    assert rows[1].images == ((root / "images" / "a,b.nii.gz").resolve(),)
+    assert len(rows[2].images) == 2
+    # line numbers count every line of the file, blank ones included
+    path.write_bytes(text.replace("b,images/b_0000", "b,images/nope_0000").encode("utf-8"))
+    with pytest.raises(InputError, match="line 7: file not found"):
+        read_manifest(path)
+
+
+def test_a_short_row_and_a_trailing_empty_field_read(root):
+    path = _manifest(root, "a,images/a.nii.gz,labels/a.nii.gz,train\n"  # no modality value
+                           "b,images/b_0000.nii.gz,,test,MR,\n")  # one empty value too many
+    assert [(r.case_id, r.modality) for r in read_manifest(path)] == [("a", ""), ("b", "MR")]
+
+
+@pytest.mark.parametrize("data, message", [
+    (HEADER.encode(), "manifest has no cases"),
+    ((HEADER + "\n\n,,,,\n").encode(), "manifest has no cases"),
+    (b"", "empty manifest; expected the header case_id,image,label,split"),
+    (b"\n\n", "empty manifest"),
+    ((HEADER + "a,images/a.nii.gz;,,train,CT\n").encode(),
+     "line 2: case 'a': empty item in the channel list 'images/a.nii.gz;'"),
+    ((HEADER + "a,images/b_0000.nii.gz;;images/b_0001.nii.gz,,train,\n").encode(), "line 2: case 'a': empty item"),
+    ((HEADER + "a,;images/a.nii.gz,,train,\n").encode(), "line 2: case 'a': empty item"),
+    ((HEADER + "\na,images/a,b.nii.gz,,train,CT\n").encode(),
+     "line 3: 6 values for 5 columns (quote a path that holds a comma"),
+    ((HEADER + "a,\"images/a.nii.gz,,train,CT\n").encode(), "line 2: not valid CSV (unexpected end of data)"),
+    (HEADER.encode() + b"a,images/\xe9.nii.gz,,train,\n", "not UTF-8 text: byte 0xe9 at line 2, column 10"),
+    (HEADER.encode() + b"a,images/a.nii.gz\x00,,train,\n", "holds a NUL byte at line 2, column 18"),
+    (b"case_id,image,image,label,split\na,x,y,,train\n", "line 1: column(s) image given twice"),
+])
+def test_malformed_manifests_are_refused_naming_the_line(root, data, message):
+    path = root / "m.csv"
+    path.write_bytes(data)
+    for check_exists in (True, False):
+        with pytest.raises(InputError) as err:
+            read_manifest(path, check_exists=check_exists)
+        assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_a_folder_or_a_missing_manifest_is_named(root):
+    with pytest.raises(InputError, match="is a folder, expected a manifest"):
+        read_manifest(root)
+    with pytest.raises(InputError, match="manifest not found"):
+        read_manifest(root / "none.csv")
+
+
+# --- labels files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"1": "liver", "2": "spleen", "3": "liver"}', "the name 'liver' is used by both label 1 and label 3; "
+                                                      "structure names must be unique"),
+    (b'{"1": "liver", "01": "spleen"}', "label id 1 is given twice"),
+    (b'{"1": "liver", "1": "spleen"}', "label id 1 is given twice"),
+    (b'{"1": null}', "the name of label 1 must be text"),
+    (b'{"1": " "}', "label 1 has an empty name"),
+    (b'{"-1": "x"}', "negative label id -1"),
+    (b'{"one": "x"}', "label id 'one' is not an integer"),
+    (b'["liver"]', "labels file must map label ids to names"),
+    (b'{"1": "liv\xe9r"}', "not UTF-8 text: byte 0xe9 at line 1, column 11"),
+    (b'{"1":\x00}', "holds a NUL byte at line 1, column 6: a binary file, not a labels file"),
+    (b'{"1": "liver"', "not a JSON labels file"),
+])
+def test_bad_labels_files_are_refused_naming_the_file(tmp_path, data, message):
+    from medseg.plans import read_labels
+
+    path = tmp_path / "labels.json"
+    path.write_bytes(data)
+    with pytest.raises(InputError) as err:
+        read_labels(path)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_labels_file_reads_sorted_without_background(tmp_path):
+    from medseg.plans import read_labels
+
+    path = tmp_path / "labels.json"
+    path.write_bytes(b'\xef\xbb\xbf{"2": "spleen", "0": "background", "1": "liver"}')
+    assert list(read_labels(path).items()) == [(1, "liver"), (2, "spleen")]
+
+
 # --- MSD / nnU-Net ------------------------------------------------------------------------------
 
 

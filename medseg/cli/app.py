@@ -8,10 +8,11 @@ import sys
 from typing import Any, Callable, TypeVar
 
 import typer
+from typer.exceptions import TyperException
 
-from medseg.errors import MedsegError
+from medseg.errors import ExitCode, describe_error
 
-__all__ = ["app", "main", "handle_errors", "stage", "is_debug"]
+__all__ = ["app", "main", "handle_errors", "stage", "notice", "is_debug"]
 
 app = typer.Typer(
     name="medseg",
@@ -30,31 +31,48 @@ F = TypeVar("F", bound=Callable[..., Any])
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     global _DEBUG
-    _DEBUG = debug or bool(os.environ.get("MEDSEG_DEBUG"))
+    _DEBUG = debug
 
 
 def is_debug() -> bool:
-    return _DEBUG
+    """``--debug`` was given, or the environment sets ``MEDSEG_DEBUG`` (to anything but empty or 0)."""
+    return _DEBUG or os.environ.get("MEDSEG_DEBUG", "").strip() not in ("", "0")
 
 
 def handle_errors(fn: F) -> F:
-    """Turn :class:`MedsegError` (and pydantic/yaml config errors) into one line on stderr, exit 1.
+    """Turn any exception of a command into one line on stderr and an :class:`~medseg.errors.ExitCode`.
 
-    Every command is wrapped with it. With ``--debug`` the traceback is shown instead.
+    Every command is wrapped with it. :func:`medseg.errors.describe_error` words the line:
+
+    - :class:`~medseg.errors.MedsegError` (bad input, bad options, a model that cannot be used):
+      ``medseg: error: <file>: <problem>``, the error's ``exit_code`` (1, or 4 when busy);
+    - :class:`OSError` (a full disk, a read-only or forbidden folder, a vanished file):
+      ``medseg: error: <file>: cannot write: no space left on device``, exit code 1;
+    - anything else is a bug: ``medseg: error: internal error: <type>: <message> (run with
+      --debug for the traceback)``, exit code 5;
+    - Ctrl-C: ``medseg: interrupted``, exit code 130.
+
+    With ``--debug`` (or ``MEDSEG_DEBUG=1``) the traceback is shown instead. Typer's own exits
+    and usage errors (exit code 2) pass through.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except MedsegError as exc:
-            if _DEBUG:
-                raise
-            typer.echo(f"medseg: error: {exc}", err=True)
-            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
         except KeyboardInterrupt:
+            if is_debug():
+                raise
             typer.echo("medseg: interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except Exception as exc:
+            if is_debug():
+                raise
+            code, message = describe_error(exc)
+            typer.echo(f"medseg: error: {message}", err=True)
+            raise typer.Exit(int(code)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -63,6 +81,12 @@ def stage(message: str) -> None:
     """Print a per-stage progress line to stderr when it is a terminal (quiet when piped)."""
     if sys.stderr.isatty():
         typer.echo(f"[medseg] {message}", err=True)
+
+
+def notice(message: str) -> None:
+    """Print a line to stderr that the user must see even when it is piped to a log: a decision
+    the command took on its own (e.g. ``--resume`` with no checkpoint yet starting from step 0)."""
+    typer.echo(f"[medseg] {message}", err=True)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from medseg.cli.app import app, handle_errors, stage
+from medseg.cli.app import app, handle_errors, notice, stage
 
 __all__ = ["train_command"]
 
@@ -18,7 +18,8 @@ def train_command(
     config: Path = typer.Argument(..., help="Training config (YAML); see configs/ for examples."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (overrides data.manifest of the config)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run / model directory to write (default: runs/<config name>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped "
+                                "(from step 0 when it stopped before its first checkpoint)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     stop_after_steps: Optional[int] = typer.Option(None, "--stop-after-steps", min=1,
                                                    help="End after this many steps of the run (checkpointed); continue with --resume."),
@@ -32,7 +33,7 @@ def train_command(
     stage(f"training {cfg.model.name} ({cfg.model.spatial_dims}D) for {cfg.total_steps} steps -> {run_dir}")
     try:
         model_dir = train(cfg, manifest=manifest, out_dir=run_dir, resume=resume, device=device, progress=True,
-                          stop_after_steps=stop_after_steps)
+                          stop_after_steps=stop_after_steps, notify=notice)
     except MedsegError:  # an input file, or the device (DeviceError): each says what it is about
         raise
     except (ValueError, FloatingPointError) as exc:  # the config's settings (manifest, autocast, model options, lr)

@@ -31,6 +31,7 @@ import numpy as np
 
 from medseg.io import check_same_grid
 from medseg.io.volume import Volume
+from medseg.plans import check_labels
 
 __all__ = ["compute_volumes", "present_labels", "CompactLabels"]
 
@@ -38,24 +39,6 @@ __all__ = ["compute_volumes", "present_labels", "CompactLabels"]
 _SLAB_VOXELS = 1 << 21
 # Largest (labels × intensity range) histogram used for integer images before falling back to sorting.
 _MAX_HIST_BINS = 1 << 25
-
-
-def _check_labels(labels: dict[int, str]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    seen: dict[str, int] = {}
-    for key, name in labels.items():
-        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-            raise TypeError(f"labels keys must be integer label ids, not {type(key).__name__} {key!r}")
-        key = int(key)
-        if key < 0:
-            raise ValueError(f"labels: negative label id {key}")
-        name = str(name)
-        if name in seen:
-            raise ValueError(f"labels: the name {name!r} is used by both label {seen[name]} and label {key}; "
-                             "structure names must be unique")
-        seen[name] = key
-        out[key] = name
-    return out
 
 
 # Largest label value mapped through a dense lookup table (larger ids are looked up by bisection).
@@ -229,7 +212,7 @@ def compute_volumes(seg: Volume, image: Volume | None = None, labels: dict[int, 
         check_same_grid(image, seg)
     if labels is None:
         labels = {v: str(v) for v in present_labels(arr) if v != 0}
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     ids = list(labels)
     shape = seg.shape
     compact = CompactLabels(arr, ids)

@@ -28,14 +28,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medseg.errors import InputError
+from medseg.errors import InputError, read_text_input, validation_message
 from medseg.losses import LossName
+from medseg.plans import check_labels, check_patch_size
 from medseg.preprocess.augment import AugmentConfig, SamplingConfig
 from medseg.postprocess.crf import CRFConfig
 from medseg.preprocess.config import PreprocessConfig
 
 __all__ = ["ModelConfig", "LossConfig", "OptimiserConfig", "ScheduleConfig", "ValidationConfig", "DataConfig",
-           "TrainConfig", "load_train_config", "config_error_message"]
+           "TrainConfig", "load_train_config"]
 
 
 class _Strict(BaseModel):
@@ -109,7 +110,8 @@ class DataConfig(_Strict):
     - ``root``: folder that manifest paths must stay inside (relative to the manifest; default:
       the manifest's folder); ``allow_outside: true`` lifts the restriction;
     - ``channels``: names of the input channels, in the order of the manifest's ``image`` paths;
-    - ``labels``: class id → name, ids ``1..K`` (0 is background); the network has K+1 outputs;
+    - ``labels``: class id → name, ids ``1..K`` (0 is background), each name once; the network
+      has K+1 outputs;
     - ``regions``: extra validation Dice over unions of labels, e.g. ``whole_tumour: [1, 2, 3, 4]``;
     - ``slice_axis``: for 2D models, the axis of the oriented volume that slices are taken along;
     - ``train_split`` / ``val_split``: manifest splits used for training and validation.
@@ -134,7 +136,10 @@ class DataConfig(_Strict):
         ids = sorted(v)
         if not ids or ids != list(range(1, len(ids) + 1)):
             raise ValueError(f"labels must map the ids 1..K (0 is background) to names, got ids {ids}")
-        return {k: v[k] for k in ids}
+        try:
+            return check_labels({k: v[k] for k in ids})
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -159,6 +164,11 @@ class TrainConfig(_Strict):
     already busy (1-minute load average above the CPU count), where several spinning threads per
     process slow everyone down many times over. Results are bit-exact only for a fixed thread
     count: pin it when comparing runs.
+
+    ``patch_size``: the training crop in voxels of the preprocessed grid (3 values for 3D, 2 for
+    2D), each side at most 1024 voxels and 2**24 (256**3) voxels in all (see
+    :func:`medseg.plans.check_patch_size`: wider than any CT/MR grid, or more than a network's
+    activations fit in memory).
     """
 
     @field_validator("num_threads")
@@ -188,11 +198,16 @@ class TrainConfig(_Strict):
         "kernel widths in mm of the preprocessed grid, intensity_sigma in the network input's units "
         "(null: estimated per patch). model.pt keeps the plain network; the learned CRF weights go to crf_rnn.json")
 
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_size(cls, v: list[int]) -> list[int]:
+        return list(check_patch_size(v))
+
     @model_validator(mode="after")
     def _consistent(self):
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of 'steps' or 'epochs' (an epoch is steps_per_epoch steps)")
-        if len(self.patch_size) != self.model.spatial_dims or any(p < 1 for p in self.patch_size):
+        if len(self.patch_size) != self.model.spatial_dims:
             raise ValueError(f"patch_size must be {self.model.spatial_dims} positive voxel counts for "
                              f"spatial_dims={self.model.spatial_dims}, not {self.patch_size}")
         return self
@@ -210,37 +225,30 @@ class TrainConfig(_Strict):
         return len(self.data.labels) + 1
 
 
-def config_error_message(exc: ValidationError) -> str:
-    """One line per problem: ``key.path: message`` (unknown keys say so by name)."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key (not a setting here; check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read and validate a YAML training config; resolve ``data.manifest`` against its folder.
 
     Raises:
-        InputError: unreadable YAML, or invalid settings (the message names each bad key).
+        InputError: a missing or unreadable file, bytes that are not UTF-8 text, invalid YAML, or
+            invalid settings (the message names each bad key).
     """
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file not found")
+    text = read_text_input(path, "training config")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        detail = problem or str(exc).splitlines()[0]
+        raise InputError(path, f"not valid YAML{where} ({detail})") from None
     if not isinstance(raw, dict):
         raise InputError(path, "a training config is a YAML mapping (model:, loss:, data:, ...)")
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise InputError(path, f"invalid training config: {config_error_message(exc)}") from None
+        raise InputError(path, f"invalid training config: {validation_message(exc)}") from None
     except ValueError as exc:
         raise InputError(path, f"invalid training config: {exc}") from None
     if cfg.data.manifest is not None and not cfg.data.manifest.is_absolute():

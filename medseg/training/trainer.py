@@ -42,13 +42,13 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_text
-from medseg.plans import ModelPlans
+from medseg.plans import PLANS_FILE, WEIGHTS_FILE, ModelPlans
 from medseg.preprocess import PreprocessConfig
 from medseg.runtime import Runtime, resolve_runtime
 from medseg.training.config import TrainConfig
@@ -263,7 +263,7 @@ def _write_model_dir(out_dir: Path, cfg: TrainConfig, plans: ModelPlans, weights
         atomic_write_text(out_dir / "crf_rnn.json", json.dumps(
             {"config": json.loads(cfg.crf_rnn.model_dump_json()), "learned": learned}, indent=2))
 
-    from medseg.plans import WEIGHTS_FILE, save_plans
+    from medseg.plans import save_plans
 
     buf = io.BytesIO()
     torch.save(weights, buf)
@@ -286,29 +286,56 @@ def _check_resume_config(cfg: TrainConfig, saved_json: str, path: Path) -> None:
                              "(only steps, epochs, checkpoint_every_steps and num_threads may change)")
 
 
+def _check_nothing_to_resume(out_dir: Path) -> None:
+    """``resume`` and no ``checkpoints/last.pt``: fine when ``out_dir`` is absent or holds nothing
+    but what a run killed before its first checkpoint leaves (an empty ``checkpoints/``, hidden
+    temporaries); refused when it holds a model or anything else (another run, other files)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InputError(out_dir, "cannot resume: not a folder")
+    if (out_dir / WEIGHTS_FILE).exists() or (out_dir / PLANS_FILE).exists():
+        raise InputError(out_dir, f"cannot resume: holds a model directory but no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} "
+                         "to continue from; choose another --out")
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    entries = [p for p in out_dir.iterdir() if p != ckpt_dir]
+    if ckpt_dir.is_dir():
+        entries += list(ckpt_dir.iterdir())
+    other = sorted(str(p.relative_to(out_dir)) for p in entries if not p.name.startswith("."))
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise InputError(out_dir, f"cannot resume: no {CHECKPOINT_DIR}/{LAST_CHECKPOINT}, and it holds {shown}: "
+                         "not an interrupted medseg run; choose another --out")
+
+
 def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: str | Path, resume: bool = False,
           device: str = "auto", progress: bool = True, stop_after_steps: int | None = None,
-          time_budget_s: float | None = None) -> Path:
+          time_budget_s: float | None = None, notify: Callable[[str], None] | None = None) -> Path:
     """Train a model and write its model directory.
 
     Args:
         config: the validated training config.
         manifest: manifest CSV (overrides ``config.data.manifest``).
         out_dir: the run / model directory (created; must not already hold a run unless ``resume``).
-        resume: continue from ``out_dir/checkpoints/last.pt`` exactly where it stopped.
+        resume: continue from ``out_dir/checkpoints/last.pt`` exactly where it stopped. A run
+            killed before its first checkpoint has none: then (``out_dir`` absent, or holding
+            only an empty ``checkpoints/``) the run starts from step 0 and ``notify`` says so.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; with the config's
             ``autocast`` and ``num_threads`` it makes the run's :class:`medseg.runtime.Runtime`.
         progress: show a progress bar with loss and ETA (only when stderr is a terminal).
         stop_after_steps: end this call (with a checkpoint and the model directory written) once
             that many steps of the run are done, e.g. to fit a job's time slot; ``resume`` later.
         time_budget_s: likewise, end after this many seconds of training in this call.
+        notify: called with a one-line message about a decision the user should know of (a
+            ``resume`` that starts from step 0), e.g. to print it.
 
     Returns:
         The model directory (``out_dir``).
 
     Raises:
-        InputError: bad manifest/data, a run already in ``out_dir`` without ``resume``, nothing to
-            resume, or a resumed config that changed more than its length.
+        InputError: bad manifest/data, a run already in ``out_dir`` without ``resume``; with
+            ``resume``, no checkpoint in an ``out_dir`` that holds a model or other files (not an
+            interrupted run), or a resumed config that changed more than its length.
         DeviceError: a misspelt device, or CUDA asked for and absent.
         ValueError: settings of the config: no manifest, an autocast impossible on the device,
             model options.
@@ -319,13 +346,16 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
         raise ValueError("no manifest: set data.manifest in the config or pass --manifest FILE.csv")
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last_path = ckpt_dir / LAST_CHECKPOINT
-    if resume:
-        if not last_path.is_file():
-            raise InputError(out_dir, f"nothing to resume: no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} here")
-    elif last_path.exists() or (out_dir / "model.pt").exists():
+    from_scratch = resume and not last_path.is_file()
+    if from_scratch:
+        _check_nothing_to_resume(out_dir)
+        resume = False
+    elif not resume and (last_path.exists() or (out_dir / WEIGHTS_FILE).exists()):
         raise InputError(out_dir, "already holds a training run; pass --resume to continue it or choose another --out")
 
     runtime = resolve_runtime(device, config.autocast, None if config.num_threads == "auto" else config.num_threads)
+    if from_scratch and notify is not None:
+        notify(f"no checkpoint in {out_dir} yet: starting from step 0")
     with runtime.activate():
         return _train(config, manifest, out_dir, resume, runtime, progress, stop_after_steps, time_budget_s)
 

@@ -36,3 +36,33 @@ def _absent_cuda() -> str:
     import torch
 
     return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+def test_cli_resume_before_the_first_checkpoint_starts_from_step_0_and_says_so(tmp_path, phantom_manifest, cli):
+    import torch
+
+    config = write_config(tiny_config(data={"manifest": str(phantom_manifest)}), tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    result = cli("train", config, "--out", run, "--device", "cpu", "--resume", "--stop-after-steps", "2")
+    assert result.returncode == 0, result.stderr
+    # said even when stderr is not a terminal (a log file): the only stderr line
+    assert result.stderr.strip().splitlines() == [f"[medseg] no checkpoint in {run} yet: starting from step 0"]
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    # from now on --resume continues the checkpoint, silently
+    again = cli("train", config, "--out", run, "--device", "cpu", "--resume", "--stop-after-steps", "3")
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_cli_resume_refuses_a_finished_model_without_checkpoints(tmp_path, phantom_manifest, phantom_model, cli):
+    import shutil
+
+    config = write_config(tiny_config(data={"manifest": str(phantom_manifest)}), tmp_path / "tiny.yaml")
+    model = tmp_path / "model"
+    shutil.copytree(phantom_model, model, ignore=shutil.ignore_patterns("checkpoints"))
+    before = sorted(p.name for p in model.iterdir())
+    result = cli("train", config, "--out", model, "--device", "cpu", "--resume")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"medseg: error: {model}: cannot resume: holds a model directory but no "
+                                     "checkpoints/last.pt to continue from; choose another --out")
+    assert sorted(p.name for p in model.iterdir()) == before

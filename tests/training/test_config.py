@@ -32,6 +32,13 @@ def test_shipped_configs_validate_and_build_their_model(path):
     ({"learning_rate": 0.1}, "learning_rate: unknown key"),
     ({"epochs": 3}, "give exactly one of 'steps' or 'epochs'"),
     ({"patch_size": [32, 32]}, "patch_size must be 3 positive voxel counts"),
+    ({"patch_size": [100000, 100000, 100000]},
+     "patch_size: [100000, 100000, 100000]: 100000 voxels along axis 0 is more than 1024"),
+    ({"patch_size": [1024, 1024, 32]}, "patch_size: [1024, 1024, 32]: 33554432 voxels is more than 16777216"),
+    ({"patch_size": [0, 32, 32]}, "patch_size: [0, 32, 32]: 0 voxels along axis 0; each side must be at least 1"),
+    ({"patch_size": [32, 32, -4]}, "patch_size: [32, 32, -4]: -4 voxels along axis 2"),
+    ({"data": {"labels": {1: "liver", 2: "liver"}}},
+     "data.labels: the name 'liver' is used by both label 1 and label 2"),
     ({"loss": {"name": "focal", "options": {"gama": 2}}}, "unknown option 'gama' for loss 'focal'; did you mean 'gamma'"),
     ({"loss": {"name": "dice_focall"}}, "loss.name"),
     ({"data": {"labels": {1: "a", 3: "b"}}}, "labels must map the ids 1..K"),
@@ -45,6 +52,33 @@ def test_config_errors_name_the_key(tmp_path, change, words):
     assert message.startswith(str(path)) and words in message and "\n" not in message
 
 
+def test_largest_patch_is_accepted():
+    cfg = TrainConfig.model_validate(tiny_config(patch_size=[256, 256, 256]))
+    assert cfg.patch_size == [256, 256, 256]
+    assert TrainConfig.model_validate(tiny_config(model={"name": "unet", "spatial_dims": 2},
+                                                  patch_size=[1024, 1024])).patch_size == [1024, 1024]
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"seed: 1\nmodel: {name: unet\xe9}\n", "not UTF-8 text: byte 0xe9 at line 2, column 19"),
+    (b"\xef\xbb\xbfseed: 1\n\xff", "not UTF-8 text: byte 0xff at line 2, column 1"),
+    (b"seed: 1\n\x00", "holds a NUL byte at line 2, column 1: a binary file, not a training config"),
+    (b"seed: 1\nmodel: {name: [unet}\n", "not valid YAML at line 2, column 20 (expected ',' or ']', but got '}')"),
+])
+def test_config_files_that_cannot_be_read_are_named(tmp_path, data, words):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(data)
+    with pytest.raises(InputError) as err:
+        load_train_config(path)
+    assert str(err.value).startswith(f"{path}: {words}")
+
+
+def test_a_config_with_a_byte_order_mark_reads(tmp_path):
+    path = write_config(tiny_config(), tmp_path / "bom.yaml")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    assert load_train_config(path).seed == 3
+
+
 def test_missing_manifest_and_bad_device_are_clear(tmp_path, phantom_manifest):
     from medseg.runtime import DeviceError
     from medseg.training import train
@@ -54,5 +88,7 @@ def test_missing_manifest_and_bad_device_are_clear(tmp_path, phantom_manifest):
         train(cfg, out_dir=tmp_path / "a")
     with pytest.raises(DeviceError, match="device must be one of auto, cpu, cuda or cuda:N, not 'gpu'"):
         train(cfg, manifest=phantom_manifest, out_dir=tmp_path / "b", device="gpu")
-    with pytest.raises(InputError, match="nothing to resume"):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "model.pt").write_bytes(b"x")
+    with pytest.raises(InputError, match="cannot resume: holds a model directory"):
         train(cfg, manifest=phantom_manifest, out_dir=tmp_path / "c", resume=True)

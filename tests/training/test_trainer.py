@@ -144,6 +144,47 @@ def test_stopped_then_killed_then_resumed_equals_uninterrupted(uninterrupted, ph
     _assert_same_run(uninterrupted, resumed)
 
 
+def test_resume_before_the_first_checkpoint_starts_from_step_0(uninterrupted, phantom_manifest, tmp_path):
+    """A run killed before its first checkpoint leaves at most an empty checkpoints/ folder and a
+    hidden temporary: --resume then trains from step 0 (saying so) and ends as a straight run."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".last.pt.partial-99999.pt").write_bytes(b"torn")
+    said: list[str] = []
+    resumed = train(TrainConfig.model_validate(tiny_config()), manifest=phantom_manifest, out_dir=run, resume=True,
+                    progress=False, notify=said.append)
+    assert said == [f"no checkpoint in {run} yet: starting from step 0"]
+    _assert_same_run(uninterrupted, resumed)
+    # a folder that does not exist yet is the same case
+    said.clear()
+    cfg = TrainConfig.model_validate(tiny_config(steps=1))
+    train(cfg, manifest=phantom_manifest, out_dir=tmp_path / "new", resume=True, progress=False, notify=said.append)
+    assert said == [f"no checkpoint in {tmp_path / 'new'} yet: starting from step 0"]
+    assert torch.load(tmp_path / "new" / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+
+
+@pytest.mark.parametrize("files, words", [
+    (["model.pt", "plans.json", "labels.json", "training_log.csv"],
+     "cannot resume: holds a model directory but no checkpoints/last.pt to continue from; choose another --out"),
+    (["scan.nii.gz", "notes/a.txt", "checkpoints/best.pt", "checkpoints/old/last.pt"],
+     "cannot resume: no checkpoints/last.pt, and it holds checkpoints/best.pt, checkpoints/old, notes and 1 more: "
+     "not an interrupted medseg run; choose another --out"),
+])
+def test_resume_without_a_checkpoint_refuses_a_model_or_other_files(phantom_manifest, tmp_path, files, words):
+    run = tmp_path / "run"
+    for name in files:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"kept")
+    said: list[str] = []
+    with pytest.raises(InputError) as err:
+        train(TrainConfig.model_validate(tiny_config()), manifest=phantom_manifest, out_dir=run, resume=True,
+              progress=False, notify=said.append)
+    assert str(err.value) == f"{run}: {words}"
+    assert said == []
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == sorted(files)
+    assert all((run / name).read_bytes() == b"kept" for name in files)
+
+
 def test_2d_training_samples_slices_and_records_the_slice_axis(phantom_manifest, tmp_path):
     cfg = TrainConfig.model_validate(tiny_config(
         model={"name": "unet", "spatial_dims": 2, "options": {"channels": [4, 8, 16], "strides": [2, 2],
