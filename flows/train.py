@@ -20,7 +20,8 @@ def train_task(config_path: str, out_dir: str, manifest: str | None = None, resu
     from medseg.training import load_train_config, train
 
     cfg = load_train_config(config_path)
-    return str(train(cfg, manifest=manifest, out_dir=out_dir, resume=resume, device=device, progress=False))
+    return str(train(cfg, manifest=manifest, out_dir=out_dir, resume=resume, device=device, progress=False,
+                     notify=get_run_logger().info))
 
 
 @flow(name="medseg-train")

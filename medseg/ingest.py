@@ -100,8 +100,11 @@ class IngestJob:
 
     def discover(self, out_dir: Path) -> list[Study]:
         previous = {st["key"]: sid for sid, st in read_states(out_dir).items() if st.get("key")}
+        # one source that cannot be listed stops the run (nothing to do); among several, it is a
+        # failure row of its own and the others go on
         studies = discover_studies(self.sources, exclude=(out_dir,), series_uid=self.series_uid, split=self.split,
-                                   previous=previous, reserve_previous=True, on_error="record")
+                                   previous=previous, reserve_previous=True,
+                                   on_error="raise" if len(self.sources) == 1 else "record")
         if self.label is not None:
             if len(self.sources) != 1 or len(studies) != 1 or studies[0].kind == "invalid":
                 raise InputError(self.label, f"--label needs exactly one source holding one study, got "
@@ -109,7 +112,7 @@ class IngestJob:
             studies = [replace(studies[0], label=self.label)]
         return studies
 
-    def config_key(self) -> str:
+    def config_key(self, out_dir: Path) -> str:
         return hashlib.blake2b(_CONFIG.encode(), digest_size=16).hexdigest()
 
     def prepare(self) -> None:

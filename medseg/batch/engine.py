@@ -107,14 +107,16 @@ class Job(Protocol):
     def discover(self, out_dir: Path) -> list[Study]:
         """The studies of the job's sources, with unique ids (:mod:`medseg.batch.studies`)."""
 
-    def config_key(self) -> str:
-        """Hash of what decides a study's outputs besides its content (model, options)."""
+    def config_key(self, out_dir: Path) -> str:
+        """Hash of what decides a study's outputs besides its content (model, options);
+        ``out_dir`` may cache file digests (:func:`medseg.batch.state.file_digest`)."""
 
     def study_inputs(self, study: Study) -> Sequence[str]:
         """The files whose bytes make the study's content hash."""
 
     def prepare(self) -> None:
-        """Check, before any study, that the job can run at all (raise a MedsegError if not)."""
+        """Check, before any study is processed, that the job can run at all (raise a
+        MedsegError if not). Called only when some study needs processing."""
 
     def process(self, study: Study, out_dir: Path, stage: StageTracker) -> tuple[dict[str, str], dict[str, Any]]:
         """Make and commit the study's outputs; return ``(outputs, info)``: output name → path
@@ -379,13 +381,15 @@ def prepare_run(job: Job, out_dir: str, verify: bool = False) -> RunPlan:
     """Steps 2–3: list the studies, check the job can run, plan each study.
 
     Studies whose processing killed a process before come last, so that the others are done
-    first if it happens again.
+    first if it happens again. The job is prepared (e.g. its model loaded) only when some study
+    needs processing: an unchanged archive costs a listing, ``stat`` calls and the states.
     """
     started = now_utc()
     studies = job.discover(Path(out_dir))
-    job.prepare()
-    key = job.config_key()
+    key = job.config_key(Path(out_dir))
     plans = plan_studies(job, studies, out_dir, key, verify=verify)
+    if any(p.todo for p in plans):
+        job.prepare()
     plans.sort(key=lambda p: crashes_of(out_dir, p, key) > 0 if p.todo else False)
     return RunPlan(studies, plans, key, started)
 

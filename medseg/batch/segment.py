@@ -115,23 +115,31 @@ class SegmentJob:
                                                     components=o.components, tta=o.tta)
         return self._resolved
 
-    def config_key(self) -> str:
+    def config_key(self, out_dir: Path) -> str:
         """Hash of the model's plans and weights and of the options (with the model's modality,
-        which decides the CRF's defaults)."""
+        which decides the CRF's defaults). The weights are read only when their size, mtime or
+        inode changed since the last run (:func:`medseg.batch.state.cached_by_stat`)."""
+        from medseg.batch.state import cached_by_stat
         from medseg.inference.pipeline import model_modality
         from medseg.plans import PLANS_FILE, WEIGHTS_FILE
 
-        h = hashlib.blake2b(digest_size=16)
-        for name in (PLANS_FILE, WEIGHTS_FILE):
-            path = Path(self.model_dir) / name
+        files = [Path(self.model_dir) / name for name in (PLANS_FILE, WEIGHTS_FILE)]
+        for path in files:
             if not path.is_file():
-                raise InputError(self.model_dir, f"not a model directory (no {name})")
-            _hash_file(h, path)
+                raise InputError(self.model_dir, f"not a model directory (no {path.name})")
         o = self.options
-        keyed = {"crf": o.crf, "crf_config": o.crf_config, "components": o.components, "tta": o.tta,
-                 "modality": model_modality(self._plans()), "lesion_label": o.lesion_label}
-        h.update(json.dumps(keyed, separators=(",", ":")).encode())
-        return h.hexdigest()
+        keyed = json.dumps({"crf": o.crf, "crf_config": o.crf_config, "components": o.components, "tta": o.tta,
+                            "modality": model_modality(self._plans()), "lesion_label": o.lesion_label},
+                           separators=(",", ":"))
+
+        def compute() -> str:
+            h = hashlib.blake2b(digest_size=16)
+            for path in files:
+                _hash_file(h, path)
+            h.update(keyed.encode())
+            return h.hexdigest()
+
+        return cached_by_stat(out_dir, "segment_config_key", files, keyed, compute)
 
     def prepare(self) -> None:
         """Load the model here (it must load before any study runs) and validate the options."""

@@ -24,9 +24,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from medseg.errors import MedsegError
+from medseg.errors import BusyError
 from medseg.io.atomic import atomic_write_text
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "write_failures",
     "write_run_record",
     "clean_stale_partials",
+    "cached_by_stat",
     "now_utc",
 ]
 
@@ -65,7 +66,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     releases the lock when the process dies, so a killed run never blocks the next.
 
     Raises:
-        MedsegError: another run holds the lock.
+        BusyError: another run holds the lock (the command exits with ``ExitCode.BUSY``).
     """
     import fcntl
 
@@ -77,8 +78,8 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            raise MedsegError(f"{out_dir}: another run (pid {holder}) is writing this output folder; "
-                              "wait for it to finish") from None
+            raise BusyError(f"{out_dir}: another run (pid {holder}) is writing this output folder; "
+                            "wait for it to finish") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -153,6 +154,33 @@ def write_run_record(out_dir: str | Path, record: dict[str, Any]) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     return atomic_write_text(Path(out_dir) / RUNS_DIR / f"{stamp}_{os.getpid()}.json",
                              json.dumps(record, indent=2, ensure_ascii=False))
+
+
+def cached_by_stat(out_dir: str | Path, name: str, files: list[Path], extra: str, compute: Callable[[], str]) -> str:
+    """``compute()``, remembered in ``OUT/state/.cache.json`` under ``name`` with the size, mtime
+    and inode of ``files`` and with ``extra``: while those stay the same (a model's weights, night
+    after night), the files are not read again.
+
+    Raises:
+        OSError: a file cannot be stat-ed (or whatever ``compute`` raises).
+    """
+    from medseg.io.files import content_signature
+
+    cache_path = Path(out_dir) / STATE_DIR / ".cache.json"
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    signature = content_signature(files)
+    entry = cache.get(name)
+    if isinstance(entry, dict) and entry.get("signature") == signature and entry.get("extra") == extra:
+        return str(entry["value"])
+    value = compute()
+    cache[name] = {"signature": signature, "extra": extra, "value": value}
+    atomic_write_text(cache_path, json.dumps(cache, indent=1))
+    return value
 
 
 def _pid_alive(pid: int) -> bool:

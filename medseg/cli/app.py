@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import typer
 from typer.exceptions import TyperException
 
-from medseg.errors import ExitCode, describe_error
+from medseg.errors import ExitCode, MedsegError, describe_error
 
 __all__ = ["app", "main", "handle_errors", "stage", "notice", "is_debug"]
 
@@ -29,9 +29,38 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    max_voxels: Optional[float] = typer.Option(
+        None, "--max-voxels", metavar="N",
+        help="Refuse images of more than N voxels (default 2^31; also MEDSEG_MAX_VOXELS, which batch workers inherit)."),
+) -> None:
     global _DEBUG
     _DEBUG = debug
+    _show_warnings()
+    if max_voxels is not None:
+        from medseg.io.limits import set_max_voxels
+
+        try:
+            set_max_voxels(int(max_voxels))
+        except MedsegError as exc:
+            typer.echo(f"medseg: error: {exc}", err=True)
+            raise typer.Exit(int(ExitCode.ERROR)) from None
+
+
+def _show_warnings() -> None:
+    """medseg's warnings (``logging`` under the ``medseg`` logger, e.g. a NIfTI whose qform and sform
+    disagree) as ``medseg: warning: …`` lines on stderr."""
+    import logging
+
+    logger = logging.getLogger("medseg")
+    if not any(getattr(h, "medseg_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("medseg: warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler.medseg_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def is_debug() -> bool:

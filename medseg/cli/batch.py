@@ -106,13 +106,20 @@ def batch_command(
     verify: bool = typer.Option(False, "--verify", help="Hash every study's bytes (by default a study whose files "
                                 "kept their size, modification time and inode keeps its recorded hash)."),
 ) -> None:
-    """Segment the new or changed studies of ARCHIVE once (a Prefect flow run)."""
+    """Segment the new or changed studies of ARCHIVE once (a Prefect flow run).
+
+    Exit code 0 when every study of the archive is done, 3 when some failed (see OUT/failures.csv),
+    1 when the run could not start (bad model or options), 4 when another run holds OUT.
+    """
     _check_inputs(archive, model)
     _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
     record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,
                             dask_address=dask_address, workers=workers, verify=verify)
     _print_record(record, out)
+    from medseg.errors import run_exit_code
+
+    raise typer.Exit(int(run_exit_code(record["failures_total"])))
 
 
 @app.command("schedule")

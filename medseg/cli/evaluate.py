@@ -47,3 +47,7 @@ def evaluate(
         typer.echo(f"{name}: Dice {dice:.4f}, lesion recall {les['n_detected']}/{les['n_ref']}, "
                    f"false positives {les['n_false_positive']}")
     typer.echo(f"wrote {output / 'summary.json'}, {output / 'lesions.csv'}, {output / 'report.html'}")
+    if summary.get("failures"):
+        from medseg.errors import run_exit_code
+
+        raise typer.Exit(int(run_exit_code(len(summary["failures"]))))

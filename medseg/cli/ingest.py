@@ -27,7 +27,7 @@ def ingest(
 ) -> None:
     """Validate scans and write each as OUT/<case_id>.nii.gz plus a manifest row.
 
-    Re-runs skip unchanged studies (content hash). A bad source is reported (one line here, a row in OUT/failures.csv) and the others go on; the exit code is 1 when any failed.
+    Re-runs skip unchanged studies (content hash). A bad source is reported (one line here, a row in OUT/failures.csv) and the others go on; the exit code is 3 when any failed.
     """
     import csv
 
@@ -60,5 +60,6 @@ def ingest(
     if failures:
         text += f"; failures in {failures_csv}"
     typer.echo(text)
-    if failures:
-        raise typer.Exit(1)
+    from medseg.errors import run_exit_code
+
+    raise typer.Exit(int(run_exit_code(len(failures))))

@@ -18,8 +18,34 @@ __all__ = ["segment_file", "check_output_paths"]
 ProgressFn = Callable[[str], None]
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be written (a read-only file
+    system, a file where a folder should be, no permission)."""
+    import errno
+    import os
+
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(path, f"cannot write: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(folder) else "permission denied"
+        raise OSError(errno.EROFS if reason.startswith("read-only") else errno.EACCES, reason, str(path))
+
+
+def _read_only(folder: Path) -> bool:
+    import os
+
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def check_output_paths(inputs: str | Path | Sequence[str | Path], outputs: dict[str, str | Path | None]) -> dict[str, Path]:
-    """Refuse outputs that would overwrite an input, that collide, or that have a wrong suffix.
+    """Refuse outputs that would overwrite an input, that collide, that have a wrong suffix, or
+    whose folder cannot be written (checked before any work).
 
     ``inputs``: the input path(s); ``outputs`` maps an option name (``"-o"``,
     ``"--probabilities"``…) to a path or None.
@@ -39,6 +65,7 @@ def check_output_paths(inputs: str | Path | Sequence[str | Path], outputs: dict[
             raise InputError(p, f"{flag} and {seen[rp]} name the same file")
         if p.is_dir():
             raise InputError(p, f"{flag} is a folder, expected a file name")
+        _check_writable(p)
         seen[rp] = flag
         out[flag] = p
     seg = out.get("-o")

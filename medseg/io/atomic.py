@@ -16,6 +16,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary file starts with ``.`` and contains ``.partial-`` so that a crash leaves an
     obvious leftover, never a truncated file under the real name. On an exception it is removed.
+    An ``OSError`` that names no file, or the temporary one (a full disk, a read-only folder),
+    is re-raised naming ``path``, the file the user asked for.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +25,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename) == str(tmp):
+            exc.filename = str(path)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -207,19 +207,28 @@ def test_a_kill_during_the_report_step_is_mended_byte_for_byte(tmp_path, phantom
 
 
 def test_a_study_that_kills_its_process_twice_is_recorded_as_failed(tmp_path, phantom_model):
+    """A study whose processing dies (here: kill -9 while it runs, as the OOM killer would) is
+    done last on the next run, and after a second death recorded as failed: the night finishes."""
     archive = tmp_path / "archive"
     ids = _archive(archive, 3, labels=False)
+    victim = "s1"  # a large study: it takes long enough to be caught while it runs
+    write_volume(make_phantom(77, shape=(120, 120, 80), spacing=(2.0, 2.0, 2.5), n_tumours=1).image,
+                 archive / f"{victim}.nii.gz")
     out = tmp_path / "out"
-    inflight = lambda: sorted((out / "state").glob(".*.inflight.json")) if (out / "state").is_dir() else []  # noqa: E731
+    marker = out / "state" / f".{victim}.inflight.json"
+
+    def started(crashes: int):
+        try:
+            return json.loads(marker.read_text())["crashes"] == crashes
+        except (OSError, ValueError):
+            return False
+
     proc = _batch_process(archive, phantom_model, out, tmp_path / "first.log")
-    _kill_when(proc, lambda: bool(inflight()), "study in progress")
-    [marker] = inflight()
-    victim = marker.name[1:-len(".inflight.json")]
+    _kill_when(proc, lambda: started(1), "first start of the study")
     # the next run does the others first, then dies on the same study again
     proc = _batch_process(archive, phantom_model, out, tmp_path / "second.log")
     others = [out / "state" / f"{i}.json" for i in ids if i != victim]
-    _kill_when(proc, lambda: all(p.is_file() for p in others) and json.loads(marker.read_text())["crashes"] == 2
-               if marker.is_file() else False, "second start of the same study")
+    _kill_when(proc, lambda: started(2) and all(p.is_file() for p in others), "second start of the study")
     assert not (out / "state" / f"{victim}.json").exists()
     # the third run records it as failed instead of starting it again, and finishes the night
     record = run_batch(archive, phantom_model, out, device="cpu")

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from batch_helpers import write_tiny_archive
+from tests.flows.batch_helpers import write_tiny_archive
 
 
 def test_batch_on_two_dask_workers(prefect_server, tmp_path, phantom_model):
@@ -48,7 +48,7 @@ def test_batch_on_two_dask_workers(prefect_server, tmp_path, phantom_model):
             time.sleep(0.5)
     assert sorted(r.name for r in runs if r.state and r.state.is_completed()) == names
     # a re-run with a local cluster of its own (--workers 2) does only the study that changed
-    from batch_helpers import tiny_study
+    from tests.flows.batch_helpers import tiny_study
     from medseg.io import write_volume
 
     write_volume(tiny_study(999).image, archive / f"{ids[0]}.nii.gz")

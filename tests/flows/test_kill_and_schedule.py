@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from batch_helpers import write_tiny_archive
+from tests.flows.batch_helpers import write_tiny_archive
 from tests.support import stop_process_group
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from medseg.io import read_volume
 
-from batch_helpers import tiny_study, write_tiny_archive
+from tests.flows.batch_helpers import tiny_study, write_tiny_archive
 
 
 def _outputs(out: Path) -> dict[str, int]:

@@ -30,3 +30,18 @@ def test_first_release_model_directory_gives_the_same_labels(tmp_path):
     old = json.loads((FIXTURE / "volumes_crf.json").read_text())["structures"]
     new = json.loads((tmp_path / "v.json").read_text())["structures"]
     assert {k: v["voxels"] for k, v in new.items()} == {k: v["voxels"] for k, v in old.items()}
+
+
+def test_a_batch_output_of_the_first_release_is_continued_not_redone(tmp_path):
+    """The first release's batch states name a study by its content hash and the run by a
+    configuration key; today's code computes the same ones (values computed with that release's
+    medseg.batch.content_hash / config_key), so an archive it segmented is not segmented again."""
+    from medseg.batch import BatchOptions, SegmentJob
+    from medseg.inference import DEFAULT_COMPONENTS
+    from medseg.io import content_hash
+
+    assert content_hash([FIXTURE / "study.nii.gz"]) == "b1c39416736e0897098a8c64a92179e8"
+    model = str(FIXTURE / "model")
+    assert SegmentJob("archive", model).config_key(tmp_path) == "202e1c2d5d6ef627f6cff4a981ba39f4"
+    options = BatchOptions(crf=True, components=DEFAULT_COMPONENTS, tta=True)
+    assert SegmentJob("archive", model, options).config_key(tmp_path) == "f273e64c340b8b337dd48c54d1564190"

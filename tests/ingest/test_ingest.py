@@ -63,7 +63,7 @@ def test_folder_tree_partial_failure_and_idempotent_rerun(cli, tmp_path, archive
     before = _tree_digest(archive)
     out = tmp_path / "out"
     res = cli("ingest", archive, "--out", out)
-    assert res.returncode == 1, res.stderr  # one source failed
+    assert res.returncode == 3, res.stderr  # one source failed
     errors = res.stderr.strip().splitlines()
     assert len(errors) == 1 and "broken.nii.gz" in errors[0] and "gzip" in errors[0]
     assert res.stdout.strip().startswith("ingested 5, skipped 0 (unchanged), failed 1")
@@ -88,7 +88,7 @@ def test_folder_tree_partial_failure_and_idempotent_rerun(cli, tmp_path, archive
     # re-run: nothing rewritten, the bad one still reported
     stamps = _mtimes(out)
     res = cli("ingest", archive, "--out", out)
-    assert res.returncode == 1
+    assert res.returncode == 3
     assert res.stdout.strip().startswith("ingested 0, skipped 5 (unchanged), failed 1")
     assert _mtimes(out) == stamps
 

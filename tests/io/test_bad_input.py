@@ -219,7 +219,7 @@ def test_limit_through_ingest_and_segment(tmp_path, env_limit, untrained_model):
     small.write_bytes(gzip.compress(_nifti_bytes(arr)))
     refused = subprocess.run([sys.executable, "-m", "medseg", "ingest", small, "--out", tmp_path / "no"],
                              capture_output=True, text=True, env=env_limit(719))
-    assert refused.returncode == 1
+    assert refused.returncode == 3
     _one_error_line(refused.stderr, small, "720 voxels", "exceeds the limit of 719 voxels", "MEDSEG_MAX_VOXELS")
     allowed = subprocess.run([sys.executable, "-m", "medseg", "ingest", small, "--out", tmp_path / "yes"],
                              capture_output=True, text=True, env=env_limit(720))
@@ -232,7 +232,7 @@ def test_limit_through_ingest_and_segment(tmp_path, env_limit, untrained_model):
     filler = np.random.default_rng(0).integers(0, 256, 19_000_000, dtype=np.uint8).tobytes()
     gz.write_bytes(gzip.compress(_header_bytes(BIG_SHAPE) + filler, compresslevel=0))
     proc, seconds, _ = _run_measured("ingest", gz, "--out", tmp_path / "out", env={**os.environ})
-    assert proc.returncode == 1 and seconds < 20
+    assert proc.returncode == 3 and seconds < 20
     _one_error_line(proc.stderr, gz, "1.0e10 voxels (20.0 GB as int16)", "exceeds the limit of 2147483648")
 
     big = _sparse_nifti(tmp_path / "big.nii", BIG_SHAPE)
@@ -258,7 +258,7 @@ def test_header_errors_inside_gzip_say_what_is_wrong_once(cli, tmp_path, patch, 
     src = tmp_path / "bad.nii.gz"
     src.write_bytes(gzip.compress(bytes(data)))
     res = cli("ingest", src, "--out", tmp_path / "out")
-    assert res.returncode == 1
+    assert res.returncode == 3
     line = _one_error_line(res.stderr, src, problem)
     assert "gzip" not in line.split(f"{src}: ", 1)[1] and line.count(str(src)) == 1
 
@@ -285,7 +285,7 @@ def test_unreadable_dicom_slice_is_named(cli, tmp_path, dicom_copy, change):
     """GDCM leaves a file it cannot parse out of the series; that is not a missing slice."""
     folder, bad = dicom_copy(change)
     res = cli("ingest", folder, "--out", tmp_path / "out")
-    assert res.returncode == 1
+    assert res.returncode == 3
     line = _one_error_line(res.stderr, bad, "DICOM file cannot be read", "truncated or corrupt")
     assert "missing" not in line
 
@@ -313,7 +313,7 @@ def test_undecodable_dicom_pixel_data_is_named_and_native_output_stays_off_the_t
 
     folder, bad = dicom_copy(break_codestream)
     res = cli("ingest", folder, "--out", tmp_path / "out")
-    assert res.returncode == 1
+    assert res.returncode == 3
     _one_error_line(res.stderr, bad, "pixel data cannot be decoded", "SOC marker")
 
 
@@ -330,11 +330,11 @@ def test_missing_or_short_raw_is_named_not_the_mhd(cli, tmp_path):
     data = raw.read_bytes()
     raw.unlink()
     res = cli("ingest", mhd, "--out", tmp_path / "out1")
-    assert res.returncode == 1
+    assert res.returncode == 3
     _one_error_line(res.stderr, raw, "does not exist", f"named by {mhd}")
     raw.write_bytes(data[:50])
     res = cli("ingest", mhd, "--out", tmp_path / "out2")
-    assert res.returncode == 1
+    assert res.returncode == 3
     _one_error_line(res.stderr, raw, "holds 50 bytes", "declares 240 bytes", "truncated")
     raw.write_bytes(data)
     res = cli("ingest", mhd, "--out", tmp_path / "out3")
@@ -349,7 +349,7 @@ def test_short_attached_data_is_refused_before_itk_reads(cli, tmp_path):
         sitk.WriteImage(sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(4, 5, 6)), str(src))
         src.write_bytes(src.read_bytes()[:-40])
         res = cli("ingest", src, "--out", tmp_path / f"out{suffix}")
-        assert res.returncode == 1
+        assert res.returncode == 3
         _one_error_line(res.stderr, src, "declares 240 bytes of voxels", "truncated")
 
 

@@ -40,11 +40,13 @@ def _small(dtype=np.int16) -> np.ndarray:
     return np.arange(8 * 9 * 10, dtype=dtype).reshape(8, 9, 10)
 
 
-def _assert_refused(cli, out: Path, source: Path, *problem: str, args=(), culprit: Path | None = None):
-    """The CLI exits 1 with one error line naming the file and the problem; OUT holds no image,
+def _assert_refused(cli, out: Path, source: Path, *problem: str, args=(), culprit: Path | None = None,
+                    listed: bool = True):
+    """The CLI exits 3 (the run finished, a study failed) with one error line naming the file and the problem; OUT holds no image,
     no partial file, no manifest; failures.csv lists the source with the same message."""
     res = cli("ingest", source, "--out", out, *args)
-    assert res.returncode == 1, res.stderr
+    # a study that failed: the run finished (3); a lone source with no study at all: nothing ran (1)
+    assert res.returncode == (3 if listed else 1), res.stderr
     errors = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, res.stderr
     line = errors[0]
@@ -56,6 +58,8 @@ def _assert_refused(cli, out: Path, source: Path, *problem: str, args=(), culpri
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert not [p for p in left if p.endswith((".nii.gz", ".nii")) or ".partial-" in p], left
     assert "manifest.csv" not in left, left
+    if not listed:
+        return line
     with open(out / "failures.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["source"] == str(source), rows
@@ -193,14 +197,14 @@ def test_header_declaring_more_voxels_than_the_file_holds(cli, tmp_path):
 def test_empty_folder(cli, tmp_path):
     src = tmp_path / "empty"
     src.mkdir()
-    _assert_refused(cli, tmp_path / "out", src, "empty folder")
+    _assert_refused(cli, tmp_path / "out", src, "empty folder", listed=False)
 
 
 def test_folder_without_images(cli, tmp_path):
     src = tmp_path / "docs"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "readme.txt").write_text("no scans here")
-    _assert_refused(cli, tmp_path / "out", src, "no images", "DICOM")
+    _assert_refused(cli, tmp_path / "out", src, "no images", "DICOM", listed=False)
 
 
 def test_several_dicom_series_listed_then_picked(cli, tmp_path, multi_series_dir, real_dicom):

@@ -95,3 +95,22 @@ def test_kits_tumour_components_on_ipl_grid(shared_data, tmp_path):
     rows = list(csv.DictReader((tmp_path / "out" / "lesions.csv").open()))
     tumour_ml = sum(float(r["volume_ml"]) for r in rows if r["label"] == "2")
     assert tumour_ml == pytest.approx(7.3, abs=0.1)
+
+
+def test_a_bad_prediction_among_folders_is_recorded_and_the_others_evaluated(ms_eval_dirs, cli, tmp_path):
+    import shutil
+
+    root, expected = ms_eval_dirs
+    pred = tmp_path / "pred"
+    shutil.copytree(root / "pred", pred)
+    (pred / "patient19.nii.gz").write_bytes((pred / "patient19.nii.gz").read_bytes()[:5000])  # truncated
+    out = tmp_path / "out"
+    proc = cli("evaluate", "--pred", pred, "--ref", root / "ref", "-o", out)
+    assert proc.returncode != 0  # something failed: a script can tell
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"medseg: error: {pred / 'patient19.nii.gz'}:"), proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["case"] for c in summary["metric_per_case"]] == ["patient07"]
+    [failure] = summary["failures"]
+    assert failure["case"] == "patient19" and "truncated" in failure["error"]
+    assert (out / "report.html").is_file() and (out / "lesions.csv").is_file()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medseg.models import MODELS, available_models, create_model
 
-from models_tiny import INPUT_SHAPES, TINY_OPTIONS
+from tests.models.models_tiny import INPUT_SHAPES, TINY_OPTIONS
 
 CASES = [(name, dims) for name in available_models() for dims in MODELS[name].spatial_dims]
 

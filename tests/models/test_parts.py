@@ -11,7 +11,7 @@ from torch import nn
 from medseg.models import create_model
 from medseg.models.blocks import pad_to_multiple
 
-from models_tiny import INPUT_SHAPES, TINY_OPTIONS
+from tests.models.models_tiny import INPUT_SHAPES, TINY_OPTIONS
 
 
 def build(name: str, dims: int, seed: int = 0, **extra):
