@@ -77,7 +77,8 @@ def _child(mode: str, archive: str, model: str, out: str) -> None:
         elapsed = time.perf_counter() - t
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # time spent inside the studies' own work (process_study, as recorded in each state file)
-    study_s = sum(json.loads(p.read_text())["seconds"] for p in Path(out, "state").glob("*.json"))
+    study_s = sum(json.loads(p.read_text())["seconds"] for p in Path(out, "state").glob("*.json")
+                  if not p.name.startswith("."))
     print(json.dumps({"mode": mode, "seconds": elapsed, "study_seconds": study_s, "startup_seconds": startup,
                       "peak_rss_mb": peak_mb,
                       "processed": len(record["processed"]), "failed": len(record["failed"])}))

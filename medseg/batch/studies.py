@@ -39,9 +39,11 @@ from medseg.io.files import (
     detached_data_files,
     find_image,
     is_image_path,
+    missing_problem,
     resolved_path,
     strip_image_suffix,
 )
+from medseg.io import single_dicom_file_problem
 from medseg.io.sitk_io import is_dicom_file
 
 __all__ = ["Study", "discover_studies", "discover_source", "assign_ids", "safe_id", "LABELS_FOLDER"]
@@ -152,14 +154,6 @@ def _reference(labels_dir: Path | None, name: str) -> str | None:
     return str(found) if found is not None else None
 
 
-def _broken_link(path: Path) -> str:
-    try:
-        target = os.readlink(path)
-    except OSError:
-        target = "?"
-    return f"broken symbolic link (to {target}: missing, or a loop of links)"
-
-
 def _walk(root: Path, skip: set[Path], split: str, series_uid: str | None) -> list[Study]:
     """The studies of a folder tree. Symbolic links to folders are followed once: a loop, or a
     second link to a folder already searched, is a study of its own that fails with its reason,
@@ -180,7 +174,7 @@ def _walk(root: Path, skip: set[Path], split: str, series_uid: str | None) -> li
             try:
                 sst = os.stat(sub)
             except OSError:
-                studies.append(_invalid(sub, _broken_link(sub), rel + (d,)))
+                studies.append(_invalid(sub, missing_problem(sub), rel + (d,)))
                 continue
             if (sst.st_dev, sst.st_ino) in seen:
                 studies.append(_invalid(sub, f"symbolic link to a folder searched already ({resolved_path(sub)}): "
@@ -197,7 +191,7 @@ def _walk(root: Path, skip: set[Path], split: str, series_uid: str | None) -> li
         for name in names:
             f = here / name
             if f.is_symlink() and not f.exists():
-                studies.append(_invalid(f, _broken_link(f), rel + (strip_image_suffix(name),)))
+                studies.append(_invalid(f, missing_problem(f), rel + (strip_image_suffix(name),)))
             else:
                 files.append(f)
         data_files = {d.name for f in files for d in detached_data_files(f)}
@@ -254,7 +248,7 @@ def discover_source(source: str | Path, *, exclude: Iterable[str | Path] = (), s
 
     path = Path(source)
     if not path.exists():
-        raise InputError(path, "does not exist")
+        raise InputError(path, missing_problem(path))
     name = path.name
     if path.is_file() and name.lower().endswith((".csv", ".json")):
         if name.lower().endswith(".csv"):
@@ -271,7 +265,7 @@ def discover_source(source: str | Path, *, exclude: Iterable[str | Path] = (), s
             return [Study(safe_id([strip_image_suffix(name)]), (str(path),), "file", key=str(resolved_path(path)),
                           split=split)]
         if is_dicom_file(path):
-            raise InputError(path, f"is a single DICOM file: ingest the folder that holds its series ({path.parent})")
+            raise InputError(path, single_dicom_file_problem(path))
         return [_invalid(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a folder "
                          "holding a DICOM series)", (name,))]
     manifest = path / "manifest.csv"

@@ -53,11 +53,14 @@ def _show_warnings() -> None:
     disagree) as ``medseg: warning: …`` lines on stderr."""
     import logging
 
+    class ToStderr(logging.Handler):  # the stderr of the moment (a test may swap it)
+        def emit(self, record: logging.LogRecord) -> None:
+            typer.echo(self.format(record), err=True)
+
     logger = logging.getLogger("medseg")
-    if not any(getattr(h, "medseg_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, ToStderr) or getattr(h, "medseg_cli", False) for h in logger.handlers):
+        handler = ToStderr(logging.WARNING)
         handler.setFormatter(logging.Formatter("medseg: warning: %(message)s"))
-        handler.setLevel(logging.WARNING)
         handler.medseg_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False

@@ -59,7 +59,9 @@ def segment(
     check_output_paths(inputs, {"-o": output, "--probabilities": probabilities, "--volumes": volumes})
     for path in inputs:
         if not path.exists():
-            raise InputError(path, "does not exist")
+            from medseg.io.files import missing_problem
+
+            raise InputError(path, missing_problem(path))
     plans = load_plans(model)  # a clear error for a folder that is not a model directory, before torch loads
     n = plans.model.in_channels
     if len(inputs) != n:

@@ -24,7 +24,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from medseg.io.files import IMAGE_SUFFIXES, content_hash, is_image_path, strip_image_suffix
+from medseg.io.files import IMAGE_SUFFIXES, content_hash, is_image_path, missing_problem, strip_image_suffix
 from medseg.io.limits import MAX_VOXELS_ENV, available_memory, check_image_size, max_voxels, set_max_voxels
 from medseg.io.probabilities import read_probabilities
 from medseg.io.nifti import check_nifti_size, is_nifti_path, read_nifti, read_nifti_voxels, write_nifti, write_nifti_array
@@ -49,6 +49,7 @@ __all__ = [
     "read_volume",
     "read_channels",
     "check_volume_size",
+    "single_dicom_file_problem",
     "write_volume",
     "read_label",
     "read_probabilities",
@@ -94,7 +95,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "does not exist")
+        raise InputError(path, missing_problem(path))
     if path.is_dir():
         return read_dicom_series(path, series_uid=series_uid)
     name = path.name.lower()
@@ -106,7 +107,14 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
         head = f.read(348)
     if head[:2] == b"\x1f\x8b" or len(head) == 348 and int.from_bytes(head[:4], "little") == 348:
         return read_nifti(path)
+    if is_dicom_file(path):
+        raise InputError(path, single_dicom_file_problem(path))
     raise InputError(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder)")
+
+
+def single_dicom_file_problem(path: str | Path) -> str:
+    """What is wrong with giving one file of a DICOM series where a study is expected."""
+    return f"is a single DICOM file: a DICOM series is read from the folder that holds it ({Path(path).parent})"
 
 
 def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_uid: str | None = None) -> list[Volume]:

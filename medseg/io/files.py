@@ -14,6 +14,7 @@ The one vocabulary of file names that ingest, batch, evaluation and the CLI shar
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +24,7 @@ __all__ = [
     "SIDE_FILE_SUFFIXES",
     "is_image_path",
     "resolved_path",
+    "missing_problem",
     "strip_image_suffix",
     "find_image",
     "detached_data_files",
@@ -46,6 +48,19 @@ def resolved_path(path: str | Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):
         return path.absolute()
+
+
+def missing_problem(path: str | Path) -> str:
+    """Why ``path`` cannot be opened: ``does not exist``, or that it is a broken symbolic link
+    (naming its target) or a loop of links."""
+    path = Path(path)
+    if not path.is_symlink():
+        return "does not exist"
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"broken symbolic link (to {target}: missing, or a loop of links)"
 
 
 def is_image_path(path: str | Path) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.io.files import missing_problem
 from medseg.io.volume import Volume, affine_difference_mm
 
 __all__ = ["read_probabilities"]
@@ -32,7 +33,7 @@ def read_probabilities(path: str | Path, grid: Volume | None = None, *, check_su
 
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "does not exist")
+        raise InputError(path, missing_problem(path))
     if path.is_dir():
         raise InputError(path, "is a folder, not a 4D NIfTI probability file")
 

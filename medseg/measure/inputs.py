@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import InputError
-from medseg.io.files import find_image, is_image_path, strip_image_suffix
+from medseg.io.files import find_image, is_image_path, missing_problem, strip_image_suffix
 
 __all__ = ["CasePair", "case_name", "image_files", "find_case_image", "match_cases", "find_volume_inputs"]
 
@@ -62,7 +62,7 @@ def match_cases(pred: str | Path, ref: str | Path, images: str | Path | None = N
     pred, ref = Path(pred), Path(ref)
     for p, what in ((pred, "prediction"), (ref, "reference")):
         if not p.exists():
-            raise InputError(p, f"{what} path does not exist")
+            raise InputError(p, f"{what}: {missing_problem(p)}")
     if pred.is_dir() != ref.is_dir():
         raise InputError(pred, f"prediction is a {'folder' if pred.is_dir() else 'file'} but the reference {ref} is a "
                          f"{'folder' if ref.is_dir() else 'file'}: give two files or two folders")
@@ -97,7 +97,7 @@ def find_volume_inputs(source: str | Path, images: str | Path | None = None, *, 
     """
     source = Path(source)
     if not source.exists():
-        raise InputError(source, "does not exist")
+        raise InputError(source, missing_problem(source))
     if source.is_file() and source.suffix.lower() == ".csv":
         from medseg.manifest import read_manifest
 

@@ -232,7 +232,7 @@ def test_single_dicom_file_points_to_its_folder(cli, tmp_path, shared_data):
     one = next(p for p in sorted((shared_data / "ct_abdomen" / "dicom").iterdir()))
     res = cli("ingest", one, "--out", tmp_path / "out")
     assert res.returncode == 1
-    assert f"{one}: is a single DICOM file: ingest the folder that holds its series" in res.stderr
+    assert f"{one}: is a single DICOM file: a DICOM series is read from the folder that holds it" in res.stderr
 
 
 def test_manifest_source_keeps_splits_and_checks_labels(tmp_path):
