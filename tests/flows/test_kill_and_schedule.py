@@ -20,7 +20,8 @@ def _done(out: Path) -> set[str]:
 
 def _files(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns
-            for sub in ("studies", "state") for p in (out / sub).rglob("*") if p.is_file() and ".partial-" not in p.name}
+            for sub in ("studies", "state") for p in (out / sub).rglob("*")
+            if p.is_file() and not p.name.startswith(".")}  # not the partial files and study markers of the killed run
 
 
 def test_killed_batch_resumes_exactly_the_rest(prefect_server, tmp_path, phantom_model):
@@ -58,6 +59,7 @@ def test_killed_batch_resumes_exactly_the_rest(prefect_server, tmp_path, phantom
     assert {k: after[k] for k in before} == before  # finished studies untouched
     assert _done(out) == set(ids)
     assert not list((out / "studies").glob(".*.partial-*"))  # no half-written study left behind
+    assert not list((out / "state").glob(".*.inflight.json"))  # the killed run's study marker is gone
     assert "processed: " + str(len(ids) - len(finished)) in rerun.stdout
 
 
