@@ -27,7 +27,7 @@ KEEP_PROBABILITIES_AUTO_BYTES = 512 * 2**20
 
 def _unreadable_weights(weights: Path, exc: Exception) -> str:
     """Why ``torch.load(weights, weights_only=True)`` failed, in medseg's words (torch's own text
-    suggests loading with ``weights_only=False``, which would run code from the file)."""
+    suggests turning the safe loading off, which would run code from the file)."""
     import pickle
     import zipfile
 

@@ -32,7 +32,7 @@ __all__ = ["CRFConfig", "dense_crf", "grid_crf", "estimate_noise_sigma", "crf_fi
 # - 5 mean-field iterations, smoothness σ 3 (weight 3), appearance weight 5: Krähenbühl & Koltun's
 #   dense CRF defaults (pixels), kept in mm by DeepMedic's 3D CRF configs (Kamnitsas et al. 2017).
 # - appearance σ 10 mm and intensity σ near the image noise (CT 10-15 HU): measured on CT-like
-#   phantoms in this project (issue 6); 12 HU is the middle of that range.
+#   phantoms (benchmarks/crf); 12 HU is the middle of that range.
 # - MR intensities have no absolute unit: the intensity σ is the noise level estimated from the
 #   image itself (robust MAD of neighbour differences), see estimate_noise_sigma.
 _CT_INTENSITY_SIGMA_HU = 12.0
