@@ -5,11 +5,11 @@ validate and convert it) and what is written at the end (reports, a manifest). :
 does the rest, the same way for every job and every runner:
 
 1. hold ``OUT/.batch.lock``; remove files that killed runs left half-written;
-2. list the studies of the sources (:mod:`medseg.batch.studies`) and check the job can run
-   (e.g. the model loads) before any study;
+2. list the studies of the sources (:mod:`medseg.batch.studies`);
 3. plan: a study is done again only when its content hash or the job's configuration key
    changed, or it has no finished state; a permanent failure (bad input) waits until its
-   bytes change;
+   bytes change. When some study needs work, check the job can run (e.g. the model loads)
+   before any study;
 4. process the planned studies through a :class:`Runner`: :class:`LocalRunner` here, in this
    process; the Prefect runner of ``flows/`` maps them as tasks (threads or Dask workers). Each
    study's outputs are committed whole, then its state is written (last, atomically);
@@ -44,8 +44,8 @@ from medseg.batch.state import (
 )
 from medseg.batch.studies import Study
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_write_text
 from medseg.io import check_volume_size
+from medseg.io.atomic import atomic_write_text
 from medseg.io.files import content_hash, content_signature
 
 __all__ = [
@@ -57,9 +57,9 @@ __all__ = [
     "Runner",
     "LocalRunner",
     "RETRIES",
+    "RETRY_DELAY_S",
     "MAX_CRASHES",
     "crashes_of",
-    "RETRY_DELAY_S",
     "is_transient",
     "plan_studies",
     "process_study",
@@ -109,7 +109,7 @@ class Job(Protocol):
 
     def config_key(self, out_dir: Path) -> str:
         """Hash of what decides a study's outputs besides its content (model, options);
-        ``out_dir`` may cache file digests (:func:`medseg.batch.state.file_digest`)."""
+        ``out_dir`` may remember it by its files' stat (:func:`medseg.batch.state.cached_by_stat`)."""
 
     def study_inputs(self, study: Study) -> Sequence[str]:
         """The files whose bytes make the study's content hash."""
@@ -406,7 +406,7 @@ def _file_stamp(path: str | None) -> list[int] | None:
 
 def _reports_digest(job: Job, key: str, studies: list[Study], states: dict[str, dict[str, Any]]) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{job.name}\0{key}\0".encode())
+    h.update(f"{job!r}\0{key}\0".encode())  # the job's settings (e.g. where ingest writes its manifest)
     for s in studies:
         state = states.get(s.study_id) or {}
         h.update(json.dumps({"study": s.study_id, "source": s.source, "label": s.label,
@@ -424,9 +424,8 @@ def finalize_run(job: Job, out_dir: str, run: RunPlan, results: list[StudyResult
     They are written again whenever those states (or a reference label) changed since they were
     last written whole, or a file of theirs is missing: a digest of what they summarise is kept
     in ``OUT/.reports.digest`` with the files they are, removed before and written after the
-    set. So a run killed
-    mid-way, a study removed from the archive or a failed report write is mended by the next
-    run, and an unchanged archive rewrites nothing.
+    set. So a run killed mid-way, a study removed from the archive or a failed report write is
+    mended by the next run, and an unchanged archive rewrites nothing.
     """
     out = Path(out_dir)
     all_states = read_states(out)

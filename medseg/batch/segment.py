@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medseg.batch.engine import Runner, StageTracker, StudyResult, run_job
 from medseg.batch.studies import Study, discover_studies
 from medseg.errors import InputError
+from medseg.io.files import update_hash
 
 __all__ = ["BatchOptions", "SegmentJob", "run_batch", "STUDIES_DIR", "EVALUATION_DIR",
            "SEGMENTATION_FILE", "VOLUMES_FILE"]
@@ -51,7 +52,6 @@ class BatchOptions(BaseModel):
         crf_config: ``CRFConfig`` fields that override those defaults.
         components: connected-component clean-up (``ComponentsConfig`` fields), or ``None``.
         tta: mirror test-time augmentation.
-        lesion_label: structure name whose lesions the evaluation reports.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,13 +64,6 @@ class BatchOptions(BaseModel):
         None, description="connected-component clean-up: the fields of medseg.postprocess.components."
                           "ComponentsConfig (e.g. {'min_size_mm3': 100, 'largest_component': [1, 2]}); None: off")
     tta: bool = False
-    lesion_label: str = Field("tumour", description="structure name whose lesions the evaluation reports")
-
-
-def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
 
 
 @dataclass
@@ -128,14 +121,15 @@ class SegmentJob:
             if not path.is_file():
                 raise InputError(self.model_dir, f"not a model directory (no {path.name})")
         o = self.options
+        # the JSON that keys the states of existing output folders (its last field has one value)
         keyed = json.dumps({"crf": o.crf, "crf_config": o.crf_config, "components": o.components, "tta": o.tta,
-                            "modality": model_modality(self._plans()), "lesion_label": o.lesion_label},
+                            "modality": model_modality(self._plans()), "lesion_label": "tumour"},
                            separators=(",", ":"))
 
         def compute() -> str:
             h = hashlib.blake2b(digest_size=16)
             for path in files:
-                _hash_file(h, path)
+                update_hash(h, path)
             h.update(keyed.encode())
             return h.hexdigest()
 

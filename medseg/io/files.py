@@ -31,6 +31,7 @@ __all__ = [
     "channel_groups",
     "content_hash",
     "content_signature",
+    "update_hash",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -137,7 +138,8 @@ def channel_groups(files: Iterable[Path]) -> tuple[dict[str, dict[int, Path]], l
     return groups, sorted(plain)
 
 
-def _hash_file(h, path: Path) -> None:
+def update_hash(h, path: str | Path) -> None:
+    """Feed a file's bytes to the hash object ``h`` (read in 1 MiB chunks)."""
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
@@ -175,7 +177,7 @@ def content_hash(sources: Iterable[str | Path]) -> str:
     for tag, path in _study_parts(sources):
         h.update(tag)
         if path is not None:
-            _hash_file(h, path)
+            update_hash(h, path)
     return h.hexdigest()
 
 
