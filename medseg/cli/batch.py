@@ -20,9 +20,10 @@ def _prefect_env() -> None:
 
 
 def _quiet_prefect_console() -> None:
-    """Keep Prefect's console output to what a person needs: no traceback for medseg's own errors
-    (they end as one ``medseg: error:`` line; the Prefect server's log keeps the traceback), and
-    only warnings and errors when stderr is not a terminal. ``--debug`` shows everything."""
+    """Keep Prefect's console output to what a person needs: no traceback or failed-state line for
+    the error that stops a run (it ends as one ``medseg: error:`` line; the Prefect server's log
+    keeps the traceback), and only warnings and errors when stderr is not a terminal.
+    ``--debug`` shows everything."""
     import logging
     import sys
 
@@ -33,9 +34,14 @@ def _quiet_prefect_console() -> None:
         return
 
     class ExpectedErrors(logging.Filter):
+        """Drop what the flow and task engines log when a run stops on an error (the exception
+        and its traceback, "Finished in state Failed(…)"): the command prints that error as its
+        one line. Study failures stay: the flow logs them as warnings."""
+
         def filter(self, record: logging.LogRecord) -> bool:
             exc = record.exc_info[1] if record.exc_info else None
-            return not isinstance(exc, MedsegError)
+            engine = record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+            return not (isinstance(exc, MedsegError) or (engine and record.levelno >= logging.ERROR))
 
     from prefect.logging.handlers import PrefectConsoleHandler
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,3 +261,30 @@ def test_a_huge_image_is_refused_without_being_read_whole(tmp_path, phantom_mode
     assert run_batch(archive, phantom_model, out, device="cpu")["skipped"] == ["big", "s0"]
     assert run_batch(archive, phantom_model, out, device="cpu", verify=True)["skipped"] == ["big", "s0"]
     assert time.monotonic() - start < 60
+
+
+def test_a_model_that_does_not_load_stops_the_run_before_any_study(tmp_path, phantom_model, cli, prefect_server):
+    archive = tmp_path / "archive"
+    _archive(archive, 2, labels=False)
+    model = tmp_path / "model"
+    shutil.copytree(phantom_model, model)
+    (model / "model.pt").write_bytes((model / "model.pt").read_bytes()[:2000])  # truncated weights
+    out = tmp_path / "out"
+    r = cli("batch", archive, "--model", model, "--out", out, env=prefect_server)
+    assert r.returncode == 1
+    [line] = r.stderr.strip().splitlines()  # one line: no Prefect traceback before it
+    assert line.startswith(f"medseg: error: {model / 'model.pt'}:") and "weights_only" not in line
+    assert not (out / "state").exists() or not list((out / "state").glob("*.json"))  # no study was touched
+
+
+def test_a_held_lock_is_one_line_and_its_own_exit_code(tmp_path, phantom_model, cli, prefect_server):
+    from medseg.batch import run_lock
+
+    archive = tmp_path / "archive"
+    _archive(archive, 1, labels=False)
+    out = tmp_path / "out"
+    with run_lock(out):
+        r = cli("batch", archive, "--model", phantom_model, "--out", out, env=prefect_server)
+    assert r.returncode == 4, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"medseg: error: {out}: another run") and "Traceback" not in r.stderr
