@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medseg.manifest import shared_data_dir
-from tests.support import free_port, mr_channels, run_cli, stop_process_group
+from tests.support import cli_call, free_port, mr_channels, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir()
@@ -30,7 +30,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def cli():
-    return run_cli
+    """``cli(*args, env=None, cwd=None)``: ``medseg ARGS`` as a CompletedProcess; in this process,
+    or in a subprocess for batch/schedule/demo and when ``env``/``cwd`` is given (tests.support.cli_call)."""
+    return cli_call
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ import pytest
 from medseg.io import write_volume
 from medseg.phantoms import make_phantom
 from tests.io.conftest import get_dicom_element, set_dicom_element
+from tests.support import invoke_cli
 
 SHAPE, SPACING = (24, 24, 16), (8.0, 8.0, 9.0)
 
@@ -201,12 +202,8 @@ def corpus(tmp_path_factory, shared_data):
 
 
 def _invoke(*args) -> tuple[int, str]:
-    from typer.testing import CliRunner
-
-    from medseg.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stderr
+    result = invoke_cli(*args)
+    return result.returncode, result.stderr
 
 
 def _one_line(stderr: str, kind: Kind, command: str) -> str:
