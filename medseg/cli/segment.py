@@ -82,13 +82,9 @@ def segment(
                               probabilities_path=probabilities, series_uid=series, progress=stage)
     t = prediction.timings
     stage("done in " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
-    present = sorted(int(v) for v in _present_labels(prediction.labels.array))
+    from medseg.measure import present_labels
+
+    present = [v for v in present_labels(prediction.labels.array) if v != 0]
     typer.echo(f"{output}: {'x'.join(map(str, prediction.labels.shape))} voxels, labels present: "
                f"{', '.join(predictor.label_names.get(v, str(v)) for v in present) or 'none'}")
 
-
-def _present_labels(array):
-    import numpy as np
-
-    counts = np.bincount(array.ravel(), minlength=1)
-    return [i for i in range(1, counts.size) if counts[i]]

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from medseg.errors import InputError, MedsegError, validation_message
+from medseg.errors import MedsegError, validation_message
 from medseg.io.volume import Volume
 from medseg.postprocess.components import ComponentsConfig
 from medseg.postprocess.crf import CRFConfig
@@ -233,9 +233,6 @@ def cached_predictor(model_dir: str | Path, *, device: str = "auto", autocast: s
     with _PREDICTOR_LOCK:
         predictor = _PREDICTORS.get(key)
         if predictor is None:
-            if not folder.is_dir():
-                raise InputError(model_dir, "model directory does not exist" if not folder.exists()
-                                 else "is not a folder (expected a model directory)")
             predictor = Predictor.from_model_dir(folder, device=device, autocast=autocast)
             _PREDICTORS.clear()
             _PREDICTORS[key] = predictor
