@@ -8,7 +8,7 @@
 >>> prediction.probabilities()   # (X, Y, Z, C) float16, computed when asked for
 >>> segment_file("ct.nii.gz", predictor, "seg.nii.gz", volumes_path="volumes.json")
 >>> segment_file(["flair.nii.gz", "t1c.nii.gz"], predictor, "seg.nii.gz",   # one file per channel
-...              options=StudyOptions.for_model(predictor.plans, crf=True, tta=True))
+...              options=StudyOptions.for_model(predictor.info, crf=True, tta=True))
 
 Pipeline per study: the model's own preprocessing (orientation, spacing, intensity) →
 Gaussian-blended sliding windows, streamed in slabs along the last axis (the accumulator never

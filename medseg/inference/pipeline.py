@@ -4,7 +4,7 @@
 (:mod:`medseg.batch.segment`) and ``medseg demo`` all run :func:`run_study` with a
 :class:`StudyOptions`, so a study gives the same labels voxel for voxel whichever way it is run.
 
->>> options = StudyOptions.for_model(predictor.plans, crf=True, tta=True)   # doctest: +SKIP
+>>> options = StudyOptions.for_model(predictor.info, crf=True, tta=True)   # doctest: +SKIP
 >>> output = run_study(read_channels(["flair.nii.gz", "t1c.nii.gz"]), predictor, options)
 >>> write_study_outputs(output, segmentation="seg.nii.gz", volumes="volumes.json")
 """
@@ -59,17 +59,17 @@ class StudyOptions(BaseModel):
     tta: bool = False
 
     @classmethod
-    def for_model(cls, plans, *, crf: bool = False, crf_config: dict[str, Any] | None = None,
+    def for_model(cls, info, *, crf: bool = False, crf_config: dict[str, Any] | None = None,
                   components: dict[str, Any] | ComponentsConfig | None = None, tta: bool = False) -> "StudyOptions":
-        """Options for a model: ``crf`` takes the defaults of the model's modality
-        (:func:`model_modality`: CT 12 HU, MR estimated from the image) with ``crf_config``
-        overrides.
+        """Options for a model (its :class:`~medseg.inference.kinds.ModelInfo`, e.g.
+        ``predictor.info``): ``crf`` takes the defaults of the model's modality (``info.modality``:
+        CT 12 HU, MR estimated from the image) with ``crf_config`` overrides.
 
         Raises:
             MedsegError: a ``crf_config`` or ``components`` setting that is not valid.
         """
         try:
-            crf_cfg = CRFConfig.for_modality(model_modality(plans), **(crf_config or {})) if crf else None
+            crf_cfg = CRFConfig.for_modality(info.modality, **(crf_config or {})) if crf else None
             comp = (components if isinstance(components, ComponentsConfig) or components is None
                     else ComponentsConfig.model_validate(components))
         except (ValueError, TypeError) as exc:

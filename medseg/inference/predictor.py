@@ -258,8 +258,33 @@ class Predictor:
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", autocast: str = "none",
                        tta: bool = False, overlap: float | None = None, window_batch: int = 2,
+                       num_threads: int | None = None, folds: Sequence[int] | None = None,
+                       checkpoint: str = "final", task: str | None = None, step_size: float | None = None):
+        """Load a model folder of any kind (:mod:`medseg.inference.kinds`: medseg, nnU-Net v2,
+        TotalSegmentator with ``task``, MONAI bundle) once.
+
+        ``folds``, ``checkpoint``, ``task`` and ``step_size`` are
+        :class:`~medseg.inference.kinds.ModelOptions`; the other arguments are those of
+        :meth:`load_own_model`. Returns a predictor with this class's ``predict`` surface.
+
+        Raises:
+            InputError: not a loadable model folder.
+        """
+        from medseg.inference.kinds import ModelOptions, load_predictor
+
+        try:
+            options = ModelOptions(folds=None if folds is None else tuple(int(f) for f in folds),
+                                   checkpoint=checkpoint, task=task, step_size=step_size)
+        except ValueError as exc:
+            raise InputError(model_dir, str(exc)) from None
+        return load_predictor(model_dir, options=options, device=device, autocast=autocast, tta=tta,
+                              overlap=overlap, window_batch=window_batch, num_threads=num_threads)
+
+    @classmethod
+    def load_own_model(cls, model_dir: str | Path, *, device: str = "auto", autocast: str = "none",
+                       tta: bool = False, overlap: float | None = None, window_batch: int = 2,
                        num_threads: int | None = None) -> "Predictor":
-        """Load ``MODEL_DIR`` (``plans.json`` + ``model.pt``) once.
+        """Load a medseg ``MODEL_DIR`` (``plans.json`` + ``model.pt``) once.
 
         Args:
             model_dir: a model directory (see :mod:`medseg.plans`).
@@ -323,6 +348,13 @@ class Predictor:
     @property
     def label_names(self) -> dict[int, str]:
         return dict(self.plans.labels)
+
+    @property
+    def info(self):
+        """The model's :class:`~medseg.inference.kinds.ModelInfo`."""
+        from medseg.inference.own_model import info_from_plans
+
+        return info_from_plans(self.plans, self.model_dir)
 
     @property
     def is_2d(self) -> bool:

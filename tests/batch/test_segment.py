@@ -50,7 +50,7 @@ def test_each_option_changes_the_labels_and_is_what_the_pipeline_gives(option, s
     changed = sum(int((_seg(out, s) != _seg(plain_run, s)).sum()) for s in ("a", "b"))
     assert changed > 0
     image = read_volume(small_archive / "b.nii.gz")
-    opts = StudyOptions.for_model(phantom_predictor.plans, **option)
+    opts = StudyOptions.for_model(phantom_predictor.info, **option)
     expected = run_study(image, phantom_predictor, opts, volumes=False).labels.array
     assert np.array_equal(_seg(out, "b"), expected)
     state = json.loads((out / "state" / "b.json").read_text())

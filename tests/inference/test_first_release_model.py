@@ -25,7 +25,7 @@ def test_first_release_model_directory_gives_the_same_labels(tmp_path):
     assert np.array_equal(written.affine, expected.affine) and np.array_equal(written.array, expected.array)
 
     crf = segment_file(FIXTURE / "study.nii.gz", predictor, tmp_path / "crf.nii.gz",
-                       options=StudyOptions.for_model(predictor.plans, crf=True), volumes_path=tmp_path / "v.json")
+                       options=StudyOptions.for_model(predictor.info, crf=True), volumes_path=tmp_path / "v.json")
     assert np.array_equal(crf.labels.array, read_volume(FIXTURE / "labels_crf.nii.gz").array)
     old = json.loads((FIXTURE / "volumes_crf.json").read_text())["structures"]
     new = json.loads((tmp_path / "v.json").read_text())["structures"]
