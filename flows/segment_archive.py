@@ -29,12 +29,16 @@ FLOW_NAME = "segment-archive"
 def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = False,
                     components: dict[str, Any] | None = None, crf_config: dict[str, Any] | None = None,
                     tta: bool = False, device: str = "auto", dask_address: str | None = None,
-                    workers: int = 0, verify: bool = False) -> dict[str, Any]:
+                    workers: int = 0, verify: bool = False, folds: list[int] | None = None,
+                    checkpoint: str = "final", task: str | None = None,
+                    step_size: float | None = None) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
 
     Args:
         archive: folder tree of NIfTI/NRRD files and DICOM series folders, or a manifest CSV.
-        model_dir: a model directory (``medseg train`` output).
+        model_dir: a model folder of any kind (:mod:`medseg.inference.kinds`: ``medseg train``
+            output, an nnU-Net v2 trained-model folder, a TotalSegmentator weights folder with
+            ``task``, a MONAI bundle).
         out_dir: output folder (see :mod:`medseg.batch.segment` for its layout).
         crf: dense 3D CRF on the network's probabilities (the model modality's defaults).
         crf_config: ``CRFConfig`` fields overriding those defaults (e.g. ``{"iterations": 2}``).
@@ -46,10 +50,13 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
         workers: otherwise, a local Dask cluster of this many worker processes (0: in process).
         verify: hash every study's bytes (by default a study whose files kept their size, mtime
             and inode keeps its recorded hash).
+        folds, checkpoint, task, step_size: how to run the model folder
+            (:class:`~medseg.inference.kinds.ModelOptions`).
 
     Returns:
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
     """
-    options = BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta)
+    options = BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta, folds=folds,
+                           checkpoint=checkpoint, task=task, step_size=step_size)
     job = SegmentJob(archive, model_dir, options, device)
     return run_job(job, out_dir, runner=PrefectRunner(make_task_runner(dask_address, workers)), verify=verify)

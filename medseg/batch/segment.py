@@ -52,6 +52,9 @@ class BatchOptions(BaseModel):
         crf_config: ``CRFConfig`` fields that override those defaults.
         components: connected-component clean-up (``ComponentsConfig`` fields), or ``None``.
         tta: mirror test-time augmentation.
+        folds, checkpoint, task, step_size: how to run the model folder
+            (:class:`~medseg.inference.kinds.ModelOptions`: nnU-Net folds and checkpoint, the
+            TotalSegmentator task, the window step).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,6 +67,31 @@ class BatchOptions(BaseModel):
         None, description="connected-component clean-up: the fields of medseg.postprocess.components."
                           "ComponentsConfig (e.g. {'min_size_mm3': 100, 'largest_component': [1, 2]}); None: off")
     tta: bool = False
+    folds: list[int] | None = None
+    checkpoint: str = "final"
+    task: str | None = None
+    step_size: float | None = None
+
+    def model_options(self):
+        """The :class:`~medseg.inference.kinds.ModelOptions` these options name.
+
+        Raises:
+            MedsegError: an invalid fold list, checkpoint or step size.
+        """
+        from medseg.errors import MedsegError
+        from medseg.inference.kinds import ModelOptions
+
+        try:
+            return ModelOptions(folds=None if self.folds is None else tuple(self.folds), checkpoint=self.checkpoint,
+                                task=self.task, step_size=self.step_size)
+        except ValueError as exc:
+            raise MedsegError(f"invalid model option: {exc}") from None
+
+    def model_key(self) -> dict[str, Any]:
+        """The model options that differ from the defaults (part of a run's configuration key;
+        empty for a plain run, so the keys of earlier output folders stay the same)."""
+        defaults = {"folds": None, "checkpoint": "final", "task": None, "step_size": None}
+        return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
 
 
 @dataclass
@@ -79,6 +107,7 @@ class SegmentJob:
     device: str = "auto"
     name: str = "segment"
     _resolved: Any = field(default=None, repr=False, compare=False)
+    _model_info: Any = field(default=None, repr=False, compare=False)
 
     @property
     def sources(self) -> list[str]:
@@ -89,10 +118,13 @@ class SegmentJob:
     def discover(self, out_dir: Path) -> list[Study]:
         return discover_studies([self.archive], exclude=(out_dir,), on_error="raise")
 
-    def _plans(self):
-        from medseg.plans import load_plans
+    def _info(self):
+        """The model's :class:`~medseg.inference.kinds.ModelInfo` (read once)."""
+        from medseg.inference.kinds import describe_model
 
-        return load_plans(self.model_dir)
+        if self._model_info is None:
+            self._model_info = describe_model(self.model_dir, self.options.model_options())
+        return self._model_info
 
     def study_options(self):
         """The validated :class:`~medseg.inference.pipeline.StudyOptions` for this model.
@@ -104,27 +136,31 @@ class SegmentJob:
 
         if self._resolved is None:
             o = self.options
-            self._resolved = StudyOptions.for_model(self._plans(), crf=o.crf, crf_config=o.crf_config,
+            info = self._info()
+            if o.crf and info.details.get("probabilities") is False:
+                raise InputError(self.model_dir, f"a {info.kind} model{' task' if info.kind == 'totalsegmentator' else ''} "
+                                 "gives no class probabilities: --crf does not apply")
+            self._resolved = StudyOptions.for_model(info, crf=o.crf, crf_config=o.crf_config,
                                                     components=o.components, tta=o.tta)
         return self._resolved
 
     def config_key(self, out_dir: Path) -> str:
-        """Hash of the model's plans and weights and of the options (with the model's modality,
-        which decides the CRF's defaults). The weights are read only when their size, mtime or
-        inode changed since the last run (:func:`medseg.batch.state.cached_by_stat`)."""
+        """Hash of the files that define the model (:func:`~medseg.inference.kinds.model_files`:
+        a medseg model's plans and weights, an nnU-Net folder's plans, dataset and checkpoints…)
+        and of the options (with the model's modality, which decides the CRF's defaults). The
+        files are read only when their size, mtime or inode changed since the last run
+        (:func:`medseg.batch.state.cached_by_stat`)."""
         from medseg.batch.state import cached_by_stat
-        from medseg.inference.pipeline import model_modality
-        from medseg.plans import PLANS_FILE, WEIGHTS_FILE
+        from medseg.inference.kinds import model_files
 
-        files = [Path(self.model_dir) / name for name in (PLANS_FILE, WEIGHTS_FILE)]
-        for path in files:
-            if not path.is_file():
-                raise InputError(self.model_dir, f"not a model directory (no {path.name})")
+        files = model_files(self.model_dir, self.options.model_options())
         o = self.options
         # the JSON that keys the states of existing output folders (its last field has one value)
-        keyed = json.dumps({"crf": o.crf, "crf_config": o.crf_config, "components": o.components, "tta": o.tta,
-                            "modality": model_modality(self._plans()), "lesion_label": "tumour"},
-                           separators=(",", ":"))
+        fields = {"crf": o.crf, "crf_config": o.crf_config, "components": o.components, "tta": o.tta,
+                  "modality": self._info().modality, "lesion_label": "tumour"}
+        if o.model_key():
+            fields["model"] = o.model_key()
+        keyed = json.dumps(fields, separators=(",", ":"))
 
         def compute() -> str:
             h = hashlib.blake2b(digest_size=16)
@@ -140,7 +176,7 @@ class SegmentJob:
         from medseg.inference.pipeline import cached_predictor
 
         self.study_options()
-        cached_predictor(self.model_dir, device=self.device)
+        cached_predictor(self.model_dir, device=self.device, options=self.options.model_options())
 
     def study_inputs(self, study: Study) -> tuple[str, ...]:
         return study.sources
@@ -154,7 +190,7 @@ class SegmentJob:
 
         stage("ingest")
         images = read_channels(study.sources, series_uid=study.series_uid)
-        predictor = cached_predictor(self.model_dir, device=self.device)
+        predictor = cached_predictor(self.model_dir, device=self.device, options=self.options.model_options())
         final = out_dir / STUDIES_DIR / study.study_id
         output = run_study(images, predictor, self.study_options(), labels_path=final / SEGMENTATION_FILE, stage=stage)
         output.report["study"] = study.study_id
@@ -184,7 +220,6 @@ class SegmentJob:
     def finalize(self, out_dir: Path, studies: list[Study],
                  states: dict[str, dict[str, Any]]) -> tuple[dict[str, str], list[dict[str, str]]]:
         """The aggregated volume report and the evaluation against reference labels."""
-        from medseg.plans import LABELS_FILE, read_labels
         from medseg.report import write_batch_volume_reports
 
         done = self._done(studies, states)
@@ -200,7 +235,7 @@ class SegmentJob:
         else:
             for name in ("volumes.csv", "volumes.html"):
                 (out_dir / name).unlink(missing_ok=True)
-        labels = read_labels(Path(self.model_dir) / LABELS_FILE)
+        labels = dict(self._info().labels)
         evaluation, failures = _evaluate(out_dir, [(s, st) for s, st in done if s.label], labels)
         if evaluation:
             files.update({f"evaluation_{name}": str(path) for name, path in evaluation.items()})

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from medseg.cli.app import app, handle_errors, stage
+from medseg.cli.model_options import CHECKPOINT, FOLDS, MODEL_HELP, STEP_SIZE, TASK, describe, model_options
 
 __all__ = ["batch_command", "schedule_command", "run_batch_flow"]
 
@@ -55,35 +56,41 @@ def _quiet_prefect_console() -> None:
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 
-def _check_inputs(archive: Path, model: Path) -> None:
+def _check_inputs(archive: Path, model: Path, options, crf: bool) -> None:
     from medseg.errors import InputError
-    from medseg.plans import load_plans
 
     if not archive.exists():
         raise InputError(archive, "archive does not exist (expected a folder of scans or a manifest CSV)")
-    load_plans(model)  # InputError when it is not a model directory
+    describe(model, options, crf=crf)  # InputError when it is not a model folder of a known kind
 
 
 def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, components: bool, tta: bool, device: str,
-                     dask_address: str | None, workers: int, verify: bool = False) -> dict:
+                     dask_address: str | None, workers: int, verify: bool = False, options=None) -> dict:
     """The ``segment-archive`` flow's parameters for the CLI's options (one place for batch and schedule)."""
     from medseg.inference.pipeline import DEFAULT_COMPONENTS
 
-    return {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
-            "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "tta": tta, "device": device,
-            "dask_address": dask_address, "workers": workers, "verify": verify}
+    params = {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
+              "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "tta": tta, "device": device,
+              "dask_address": dask_address, "workers": workers, "verify": verify}
+    if options is not None:
+        params.update(folds=None if options.folds is None else list(options.folds), checkpoint=options.checkpoint,
+                      task=options.task, step_size=options.step_size)
+    return params
 
 
 def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, components: bool = False,
                    tta: bool = False, device: str = "auto", dask_address: str | None = None,
-                   workers: int = 0, verify: bool = False) -> dict:
-    """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one)."""
+                   workers: int = 0, verify: bool = False, options=None) -> dict:
+    """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one).
+
+    ``options``: :class:`~medseg.inference.kinds.ModelOptions` (folds, checkpoint, task, step size).
+    """
     from flows.segment_archive import segment_archive
 
     _quiet_prefect_console()
     return segment_archive(**_flow_parameters(archive, model, out, crf=crf, components=components, tta=tta,
                                               device=device, dask_address=dask_address, workers=workers,
-                                              verify=verify))
+                                              verify=verify, options=options))
 
 
 def _print_record(record: dict, out: Path) -> None:
@@ -99,7 +106,7 @@ def _print_record(record: dict, out: Path) -> None:
 @handle_errors
 def batch_command(
     archive: Path = typer.Argument(..., help="Folder of NIfTI/NRRD files and DICOM series folders, or a manifest CSV."),
-    model: Path = typer.Option(..., "--model", help="Model directory (what `medseg train` writes)."),
+    model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder (studies/, state/, failures.csv, volumes.csv/html)."),
     crf: bool = typer.Option(False, "--crf", help="Refine each segmentation with the dense 3D CRF."),
     components: bool = typer.Option(False, "--components", help="Remove blobs under 0.1 mL and fill enclosed holes."),
@@ -111,17 +118,22 @@ def batch_command(
                                 help="Without --dask-address: a local Dask cluster of N worker processes (0: in process)."),
     verify: bool = typer.Option(False, "--verify", help="Hash every study's bytes (by default a study whose files "
                                 "kept their size, modification time and inode keeps its recorded hash)."),
+    folds: Optional[str] = FOLDS,
+    checkpoint: str = CHECKPOINT,
+    task: Optional[str] = TASK,
+    step_size: Optional[float] = STEP_SIZE,
 ) -> None:
     """Segment the new or changed studies of ARCHIVE once (a Prefect flow run).
 
     Exit code 0 when every study of the archive is done, 3 when some failed (see OUT/failures.csv),
     1 when the run could not start (bad model or options), 4 when another run holds OUT.
     """
-    _check_inputs(archive, model)
+    options = model_options(folds, checkpoint, task, step_size)
+    _check_inputs(archive, model, options, crf)
     _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
     record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,
-                            dask_address=dask_address, workers=workers, verify=verify)
+                            dask_address=dask_address, workers=workers, verify=verify, options=options)
     _print_record(record, out)
     from medseg.errors import run_exit_code
 
@@ -132,7 +144,7 @@ def batch_command(
 @handle_errors
 def schedule_command(
     archive: Path = typer.Argument(..., help="Folder of scans or a manifest CSV."),
-    model: Path = typer.Option(..., "--model", help="Model directory."),
+    model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     cron: str = typer.Option(..., "--cron", help='Cron schedule, e.g. "0 2 * * *" (every night at 02:00).'),
     name: str = typer.Option("nightly", "--name", help="Deployment name (runs as segment-archive/NAME)."),
@@ -143,6 +155,10 @@ def schedule_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the studies."),
     workers: int = typer.Option(0, "--workers", min=0, help="Local Dask cluster of N worker processes."),
+    folds: Optional[str] = FOLDS,
+    checkpoint: str = CHECKPOINT,
+    task: Optional[str] = TASK,
+    step_size: Optional[float] = STEP_SIZE,
 ) -> None:
     """Serve the batch as a Prefect deployment on a cron schedule (needs `prefect server start`).
 
@@ -151,7 +167,8 @@ def schedule_command(
     """
     from medseg.errors import MedsegError
 
-    _check_inputs(archive, model)
+    options = model_options(folds, checkpoint, task, step_size)
+    _check_inputs(archive, model, options, crf)
     _prefect_env()
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.settings import PREFECT_API_URL
@@ -172,7 +189,7 @@ def schedule_command(
 
     _quiet_prefect_console()
     parameters = _flow_parameters(archive, model, out, crf=crf, components=components, tta=tta, device=device,
-                                  dask_address=dask_address, workers=workers)
+                                  dask_address=dask_address, workers=workers, options=options)
     stage(f"serving segment-archive/{name} on {cron!r} (Ctrl-C to stop)")
     segment_archive.serve(name=name, schedules=[schedule], parameters=parameters,
                           entrypoint_type=EntrypointType.MODULE_PATH,

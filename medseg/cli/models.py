@@ -19,7 +19,10 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
     describe: Optional[Path] = typer.Option(None, "--describe", metavar="MODEL",
                                             help="Describe a model folder instead: its input channels (the order "
-                                                 "`medseg segment INPUT...` takes them in), labels, grid and window."),
+                                                 "`medseg segment INPUT...` takes them in), labels, grid, window "
+                                                 "and folds, from its configuration files only (no weights loaded)."),
+    task: Optional[str] = typer.Option(None, "--task", help="With --describe: the TotalSegmentator task of a "
+                                       "TotalSegmentator weights folder."),
 ) -> None:
     """List the registered architectures: name, spatial dims, parameters at default width, description.
 
@@ -27,7 +30,7 @@ def models(
     the models are built on PyTorch's meta device, so nothing is allocated.
     """
     if describe is not None:
-        _describe(describe, as_json)
+        _describe(describe, as_json, task)
         return
     import torch
 
@@ -53,33 +56,30 @@ def models(
             typer.echo(f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * widths[2]}  {'-' * len(header[3])}")
 
 
-def _describe(model_dir: Path, as_json: bool) -> None:
-    """Print what ``medseg segment`` needs to know about a model folder (read from plans.json only)."""
-    from medseg.inference.pipeline import model_modality
-    from medseg.plans import load_plans
+def _describe(model_dir: Path, as_json: bool, task: str | None = None) -> None:
+    """Print what ``medseg segment`` needs to know about a model folder of any kind (read from its
+    configuration files only)."""
+    from medseg.inference.kinds import ModelOptions, describe_model
 
-    plans = load_plans(model_dir)
-    pre = plans.preprocess
-    info = {
-        "model": str(model_dir),
-        "architecture": plans.model.name,
-        "spatial_dims": plans.model.spatial_dims,
-        "channels": list(plans.channel_names),
-        "labels": {str(k): v for k, v in sorted(plans.labels.items())},
-        "modality": model_modality(plans),
-        "orientation": pre.orientation,
-        "target_spacing_mm": list(pre.target_spacing) if pre.target_spacing is not None else None,
-        "patch_size": list(plans.inference.patch_size),
-        "overlap": plans.inference.overlap,
-    }
+    info = describe_model(model_dir, ModelOptions(task=task))
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(json.dumps(info.to_dict(), indent=2))
         return
-    channels = " ".join(f"{i + 1}:{name}" for i, name in enumerate(info["channels"]))
-    typer.echo(f"model:         {model_dir} ({info['architecture']}, {info['spatial_dims']}D, {info['modality']})")
+    d = info.details
+    what = {"medseg": lambda: f"{d.get('architecture')}, {d.get('spatial_dims')}D",
+            "nnunet": lambda: f"nnU-Net v2 {d.get('configuration')}, {d.get('trainer')}, {d.get('plans')}, "
+                              f"{d.get('architecture')}" + (", region-based" if d.get("region_based") else ""),
+            }.get(info.kind, lambda: info.kind)()
+    channels = " ".join(f"{i + 1}:{name}" for i, name in enumerate(info.channels))
+    typer.echo(f"model:         {model_dir} ({info.kind}: {what}; {info.modality})")
     typer.echo(f"channels:      {channels}  (give `medseg segment` one INPUT per channel, in this order)")
-    typer.echo(f"labels:        {', '.join(f'{k} {v}' for k, v in info['labels'].items())}")
-    spacing = info["target_spacing_mm"]
-    typer.echo(f"grid:          {info['orientation']}, "
+    typer.echo(f"labels:        {len(info.labels)}: {', '.join(f'{k} {v}' for k, v in sorted(info.labels.items()))}")
+    spacing = info.spacing_mm
+    orientation = d.get("orientation")
+    typer.echo(f"grid:          {orientation + ', ' if orientation else ''}"
                f"{'x'.join(f'{s:g}' for s in spacing) + ' mm' if spacing else 'native spacing'}; "
-               f"window {'x'.join(map(str, info['patch_size']))}, overlap {info['overlap']:g}")
+               f"window {'x'.join(map(str, info.patch_size))}"
+               + (f", overlap {d['overlap']:g}" if d.get("overlap") is not None else "")
+               + (f", step size {d['step_size']:g}" if d.get("step_size") is not None else ""))
+    if info.folds is not None:
+        typer.echo(f"folds:         {', '.join(map(str, info.folds)) or 'none trained'}")

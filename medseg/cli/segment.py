@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from medseg.cli.app import app, handle_errors, stage
+from medseg.cli.model_options import CHECKPOINT, FOLDS, MODEL_HELP, STEP_SIZE, TASK, describe, model_options
 from medseg.errors import MedsegError
 
 __all__ = ["segment"]
@@ -23,7 +24,7 @@ def segment(
         help="The study: a NIfTI/NRRD/MHA file or a folder holding one DICOM series; a multi-channel model takes "
              "one INPUT per channel, in the model's channel order (`medseg models --describe MODEL` lists them), "
              "e.g. FLAIR.nii.gz T1c.nii.gz."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory (plans.json + model.pt) from `medseg train`."),
+    model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Label map to write (.nii.gz), on the input's exact grid."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
     crf: bool = typer.Option(False, "--crf", help="Refine with the dense 3D CRF (the model modality's defaults)."),
@@ -39,6 +40,10 @@ def segment(
                                             help="Window overlap fraction (default: the model's)."),
     window_batch: int = typer.Option(2, "--window-batch", min=1, help="Windows per forward pass."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: 2, or 1 on a busy machine)."),
+    folds: Optional[str] = FOLDS,
+    checkpoint: str = CHECKPOINT,
+    task: Optional[str] = TASK,
+    step_size: Optional[float] = STEP_SIZE,
 ) -> None:
     """Segment the study INPUT... with MODEL and write OUTPUT (exactly the input's shape and affine)."""
     from medseg.errors import InputError
@@ -49,12 +54,11 @@ def segment(
         raise MedsegError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
     if autocast not in AUTOCAST_MODES:
         raise MedsegError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, not {autocast!r}")
-    if not model.is_dir():
-        raise InputError(model, "model directory does not exist" if not model.exists() else "is not a folder")
-
-    from medseg.inference import Predictor, StudyOptions, segment_file
+    if overlap is not None and step_size is not None:
+        raise MedsegError("give --overlap or --step-size, not both")
+    from medseg.inference import StudyOptions, segment_file
+    from medseg.inference.kinds import load_predictor
     from medseg.inference.segment import check_output_paths
-    from medseg.plans import load_plans
 
     check_output_paths(inputs, {"-o": output, "--probabilities": probabilities, "--volumes": volumes})
     for path in inputs:
@@ -62,18 +66,20 @@ def segment(
             from medseg.io.files import missing_problem
 
             raise InputError(path, missing_problem(path))
-    plans = load_plans(model)  # a clear error for a folder that is not a model directory, before torch loads
-    n = plans.model.in_channels
+    options_m = model_options(folds, checkpoint, task, step_size)
+    # the model folder's kind, channels and labels from its configuration, before torch loads
+    info = describe(model, options_m, crf=crf, probabilities=probabilities is not None)
+    n = len(info.channels)
     if len(inputs) != n:
-        raise MedsegError(f"{model}: the model takes {n} channel(s) ({', '.join(plans.channel_names)}): give one "
+        raise MedsegError(f"{model}: the model takes {n} channel(s) ({', '.join(info.channels)}): give one "
                           f"INPUT per channel in that order, not {len(inputs)}")
     from medseg.inference.pipeline import DEFAULT_COMPONENTS
 
-    options = StudyOptions.for_model(plans, crf=crf, tta=tta, components=DEFAULT_COMPONENTS if components else None)
-    stage(f"loading model {model}")
+    options = StudyOptions.for_model(info, crf=crf, tta=tta, components=DEFAULT_COMPONENTS if components else None)
+    stage(f"loading {info.kind} model {model}")
     try:
-        predictor = Predictor.from_model_dir(model, device=dev, autocast=autocast, overlap=overlap,
-                                             window_batch=window_batch, num_threads=threads)
+        predictor = load_predictor(model, options=options_m, device=dev, autocast=autocast, overlap=overlap,
+                                   window_batch=window_batch, num_threads=threads)
     except ValueError as exc:
         if isinstance(exc, MedsegError):
             raise

@@ -209,31 +209,36 @@ _PREDICTOR_LOCK = threading.Lock()
 _LOADS = {"count": 0}
 
 
-def cached_predictor(model_dir: str | Path, *, device: str = "auto", autocast: str = "none"):
-    """The :class:`~medseg.inference.Predictor` of ``model_dir`` in this process, loaded on first use.
+def cached_predictor(model_dir: str | Path, *, device: str = "auto", autocast: str = "none", options=None):
+    """The predictor of the model folder ``model_dir`` (any kind of :mod:`medseg.inference.kinds`)
+    in this process, loaded on first use.
 
-    Keyed by (resolved folder, the weights' and plans' modification times, device, autocast):
-    every study that runs in this process (a batch worker) reuses it; new weights in the same
-    folder are loaded again. One model is kept per process.
+    Keyed by (resolved folder, the modification times of the files that define the model
+    (:func:`~medseg.inference.kinds.model_files`), device, autocast, ``options``): every study
+    that runs in this process (a batch worker) reuses it; new weights in the same folder are
+    loaded again. One model is kept per process.
+
+    Args:
+        options: :class:`~medseg.inference.kinds.ModelOptions` (folds, checkpoint, task, step size).
 
     Raises:
-        InputError: not a loadable model directory.
+        InputError: not a loadable model folder.
     """
-    from medseg.inference.predictor import Predictor
-    from medseg.plans import PLANS_FILE, WEIGHTS_FILE
+    from medseg.inference.kinds import ModelOptions, load_predictor, model_files
 
+    options = options or ModelOptions()
     folder = Path(model_dir).resolve()
     stamps = []
-    for name in (WEIGHTS_FILE, PLANS_FILE):
+    for path in model_files(folder, options):
         try:
-            stamps.append((folder / name).stat().st_mtime_ns)
+            stamps.append((str(path), path.stat().st_mtime_ns))
         except OSError:
-            stamps.append(0)
-    key = (str(folder), tuple(stamps), device, autocast)
+            stamps.append((str(path), 0))
+    key = (str(folder), tuple(stamps), device, autocast, options)
     with _PREDICTOR_LOCK:
         predictor = _PREDICTORS.get(key)
         if predictor is None:
-            predictor = Predictor.from_model_dir(folder, device=device, autocast=autocast)
+            predictor = load_predictor(folder, options=options, device=device, autocast=autocast)
             _PREDICTORS.clear()
             _PREDICTORS[key] = predictor
             _LOADS["count"] += 1

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["SlabResampler", "linear_source_indices"]
+__all__ = ["SlabResampler", "linear_source_indices", "nearest_source_indices"]
 
 
 def linear_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,6 +32,15 @@ def linear_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.n
     return i0, i1, w1
 
 
+def nearest_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest-slice interpolation in the form of :func:`linear_source_indices` (second weight 0):
+    the source ``floor((dst + 0.5) × in/out)``, torch's ``nearest-exact`` (and scipy's order-0
+    ``map_coordinates`` at the same centres)."""
+    src = np.floor((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size)).astype(np.int64)
+    i0 = np.clip(src, 0, in_size - 1)
+    return i0, i0.copy(), np.zeros(out_size, dtype=np.float32)
+
+
 class SlabResampler:
     """Trilinear resampling of ``(K, X, Y, Z)`` to ``(K, X', Y', Z')`` fed by ``Z`` slabs in order.
 
@@ -40,6 +49,8 @@ class SlabResampler:
         out_shape: ``(X', Y', Z')`` of the result.
         n_channels: ``K``.
         max_bytes: budget for the working buffers of one output chunk (float32).
+        modes: ``"linear"`` or ``"nearest"`` per axis ``(X, Y, Z)`` (nnU-Net's export takes the
+            nearest slice along an anisotropic axis); all linear is trilinear.
 
     Use :meth:`push` with consecutive slabs ``(K, X, Y, dz)``; it yields ``(z0, chunk)`` with
     ``chunk`` ``(K, X', Y', m)`` float32 for output slices ``z0 .. z0+m-1`` as soon as they can be
@@ -47,13 +58,19 @@ class SlabResampler:
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], n_channels: int,
-                 max_bytes: int = 256 * 2**20):
+                 max_bytes: int = 256 * 2**20, modes: Sequence[str] = ("linear", "linear", "linear")):
         self.in_shape = tuple(int(s) for s in in_shape)
         self.out_shape = tuple(int(s) for s in out_shape)
         if len(self.in_shape) != 3 or len(self.out_shape) != 3:
             raise ValueError(f"in_shape and out_shape must be 3D, not {self.in_shape} and {self.out_shape}")
         self.n_channels = int(n_channels)
-        self.i0, self.i1, self.w1 = linear_source_indices(self.in_shape[2], self.out_shape[2])
+        self.modes = tuple(modes)
+        if len(self.modes) != 3 or any(m not in ("linear", "nearest") for m in self.modes):
+            raise ValueError(f"modes must be 3 of 'linear'/'nearest', not {modes}")
+        tables = [(nearest_source_indices if m == "nearest" else linear_source_indices)(i, o)
+                  for m, i, o in zip(self.modes, self.in_shape, self.out_shape)]
+        self._plane_tables = tables[:2]
+        self.i0, self.i1, self.w1 = tables[2]
         per_slice = self.n_channels * self.out_shape[0] * self.out_shape[1] * 4
         # each output slice may need two resized source slices plus itself
         self.chunk = max(1, int(max_bytes // (3 * per_slice)))
@@ -70,6 +87,16 @@ class SlabResampler:
         """``(K, X, Y, n)`` → ``(K, X', Y', n)`` bilinear (align_corners=False)."""
         if slices.shape[1:3] == self.out_shape[:2]:
             return slices
+        if self.modes[:2] != ("linear", "linear"):
+            out = slices
+            for axis, (i0, i1, w1) in zip((1, 2), self._plane_tables):
+                if out.shape[axis] == self.out_shape[axis - 1]:
+                    continue
+                shape = [1] * out.ndim
+                shape[axis] = -1
+                w = w1.reshape(shape)
+                out = np.take(out, i0, axis=axis) * (1.0 - w) + np.take(out, i1, axis=axis) * w
+            return out.astype(np.float32, copy=False)
         import torch
         import torch.nn.functional as F
 

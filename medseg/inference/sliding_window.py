@@ -15,7 +15,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["gaussian_importance", "window_starts", "iter_probability_slabs", "sliding_window_probabilities"]
+__all__ = ["gaussian_importance", "window_starts", "nnunet_window_starts", "nnunet_gaussian", "iter_probability_slabs",
+           "sliding_window_probabilities"]
 
 WindowFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -59,9 +60,38 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return starts
 
 
+def nnunet_window_starts(size: int, patch: int, step_size: float) -> list[int]:
+    """nnU-Net's window starts (``compute_steps_for_sliding_window``): the fewest windows whose
+    step is at most ``patch × step_size``, spread evenly over ``[0, size − patch]`` and rounded."""
+    if not 0.0 < step_size <= 1.0:
+        raise ValueError(f"step size must be in (0, 1], not {step_size}")
+    if size < patch:
+        raise ValueError(f"axis of {size} voxels is smaller than the window ({patch}); pad it first")
+    n = int(np.ceil((size - patch) / (patch * step_size))) + 1
+    if n == 1:
+        return [0]
+    step = (size - patch) / (n - 1)
+    return [int(np.round(step * i)) for i in range(n)]
+
+
+def nnunet_gaussian(patch_size: Sequence[int]) -> np.ndarray:
+    """nnU-Net's window weights (``compute_gaussian`` with σ = patch/8 and peak 10, rounded to
+    float16 as nnU-Net keeps them, zeros replaced by the smallest weight), float32."""
+    from scipy.ndimage import gaussian_filter
+
+    patch = tuple(int(p) for p in patch_size)
+    tmp = np.zeros(patch)
+    tmp[tuple(p // 2 for p in patch)] = 1
+    g = gaussian_filter(tmp, [p / 8.0 for p in patch], 0, mode="constant", cval=0)
+    g = (g / (np.max(g) / 10.0)).astype(np.float16)
+    g[g == 0] = np.min(g[g != 0])
+    return g.astype(np.float32)
+
+
 def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_classes: int,
                            patch_size: Sequence[int], *, overlap: float = 0.25, window_batch: int = 2,
-                           importance: np.ndarray | None = None, max_slab: int = 16) -> Iterator[tuple[int, np.ndarray]]:
+                           importance: np.ndarray | None = None, max_slab: int = 16,
+                           starts: Callable[[int, int], list[int]] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Run ``window_fn`` over sliding windows of ``image`` and yield blended probabilities by slab.
 
     Args:
@@ -76,6 +106,9 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
             start along ``Z`` are batched together, then grouped further up to this count).
         importance: the weights ``window_fn`` applied (:func:`gaussian_importance` by default).
         max_slab: most ``Z`` slices per yielded slab (bounds the copies made for the consumer).
+        starts: ``(axis size, window size) -> window starts`` along each axis of the padded image
+            (default :func:`window_starts` with ``overlap``; nnU-Net models use
+            :func:`nnunet_window_starts`).
 
     Yields:
         ``(z0, slab)``: ``slab`` ``(K, X, Y, dz)`` float32 weighted means for ``Z`` indices
@@ -97,7 +130,8 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
     if any(pad_lo) or any(pad_hi):
         image = np.pad(image, [(0, 0)] + list(zip(pad_lo, pad_hi)), mode="constant", constant_values=0.0)
     padded = image.shape[1:]
-    xs, ys, zs = (window_starts(n, p, overlap) for n, p in zip(padded, patch))
+    place = starts or (lambda n, p: window_starts(n, p, overlap))
+    xs, ys, zs = (sorted(set(place(n, p))) for n, p in zip(padded, patch))
     px, py, pz = patch
     plane = [(x, y) for x in xs for y in ys]
     # crop of the padded grid that is the study
@@ -150,10 +184,11 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
 
 def sliding_window_probabilities(image: np.ndarray, window_fn: WindowFunction, n_classes: int,
                                  patch_size: Sequence[int], *, overlap: float = 0.25, window_batch: int = 2,
-                                 importance: np.ndarray | None = None) -> np.ndarray:
+                                 importance: np.ndarray | None = None,
+                                 starts: Callable[[int, int], list[int]] | None = None) -> np.ndarray:
     """The whole ``(K, X, Y, Z)`` float32 result of :func:`iter_probability_slabs` (small studies, tests)."""
     out = np.empty((n_classes,) + tuple(image.shape[1:]), dtype=np.float32)
     for z0, slab in iter_probability_slabs(image, window_fn, n_classes, patch_size, overlap=overlap,
-                                           window_batch=window_batch, importance=importance):
+                                           window_batch=window_batch, importance=importance, starts=starts):
         out[..., z0:z0 + slab.shape[-1]] = slab
     return out

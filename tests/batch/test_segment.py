@@ -61,10 +61,10 @@ def test_batch_and_segment_give_the_same_labels_on_a_two_channel_mr_model(mr_mod
     """`medseg batch --crf --tta` over nnU-Net-named channel files and `medseg segment A B --crf --tta`
     agree voxel for voxel, with the MR intensity kernel (estimated from the image, not 12 HU)."""
     from medseg.inference import StudyOptions
-    from medseg.plans import load_plans
+    from medseg.inference.kinds import describe_model
 
     model, archive = mr_model / "model", mr_model / "archive"
-    assert StudyOptions.for_model(load_plans(model), crf=True).crf.intensity_sigma is None  # MR: from the image
+    assert StudyOptions.for_model(describe_model(model), crf=True).crf.intensity_sigma is None  # MR: from the image
     env = {**prefect_server, "MEDSEG_THREADS": "1"}
     out = tmp_path / "batch"
     r = cli("batch", archive, "--model", model, "--out", out, "--crf", "--tta", env=env)

@@ -12,4 +12,4 @@ def test_models_describe_lists_the_channels_in_order(mr_model, cli):
     info = json.loads(r.stdout)
     assert info["channels"] == ["T1", "T2"] and info["modality"] == "MR" and info["labels"]["5"] == "tumour"
     r = cli("models", "--describe", mr_model / "archive")
-    assert r.returncode == 1 and "not a model directory" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.returncode == 1 and "not a model folder" in r.stderr and len(r.stderr.splitlines()) == 1

@@ -1,0 +1,240 @@
+"""The nnU-Net predictor: nnU-Net's preprocessing, window placement, Gaussian, mirroring and fold
+averaging, and its export, with medseg's streamed sliding window and slab-wise inversion.
+
+Memory: the network's input ``(C, a, b, c)``, one window-deep slab of class logits
+``K × (cross-section) × (window depth)`` (streamed along the grid's longest axis), the written
+label map, and the class probabilities on the input grid only when they are asked for. nnU-Net
+itself holds the logits of the whole grid and resamples them all at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Sequence
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.inference.nnunet.config import NnunetConfig
+from medseg.inference.nnunet.preprocess import preprocess, resize_axis_modes
+from medseg.inference.predictor import Prediction
+from medseg.io.volume import Volume
+from medseg.runtime import Runtime
+
+__all__ = ["NnunetPredictor"]
+
+
+class NnunetPredictor:
+    """An nnU-Net v2 model (one or several folds) that segments studies on their own grid.
+
+    Args:
+        config: the folder's :class:`~medseg.inference.nnunet.config.NnunetConfig`.
+        nets: one network per fold (eval mode, on ``runtime.device``); logits are averaged.
+        folds: the fold names, for messages.
+        mirror_axes: the checkpoint's ``inference_allowed_mirroring_axes`` (axes of the
+            network's patch), or ``None`` (no mirroring possible).
+        runtime: device, autocast and threads.
+        tta: mirror over ``mirror_axes`` by default (``nnUNetv2_predict``'s default; its
+            ``--disable_tta`` is ``tta=False``).
+        step_size: window step as a fraction of the patch (nnU-Net's default 0.5).
+        window_batch: windows per forward pass.
+        info: the model's :class:`~medseg.inference.kinds.ModelInfo`.
+    """
+
+    def __init__(self, config: NnunetConfig, nets: Sequence, *, folds: Sequence, mirror_axes: Sequence[int] | None,
+                 runtime: Runtime, tta: bool = False, step_size: float = 0.5, window_batch: int = 1, info=None):
+        if not nets:
+            raise ValueError("at least one network (fold) is needed")
+        if not 0.0 < step_size <= 1.0:
+            raise ValueError(f"step size must be in (0, 1], not {step_size}")
+        if window_batch < 1:
+            raise ValueError(f"window_batch must be at least 1, not {window_batch}")
+        self.config = config
+        self.nets = list(nets)
+        self.folds = list(folds)
+        self.mirror_axes = None if mirror_axes is None else tuple(int(a) for a in mirror_axes)
+        self.runtime = runtime
+        self.tta = bool(tta)
+        self.step_size = float(step_size)
+        self.window_batch = int(window_batch)
+        self.info = info
+        self.model_dir = str(config.folder)
+        self.n_classes = config.n_heads
+
+    @property
+    def device(self):
+        return self.runtime.device
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return dict(self.config.labels)
+
+    # ---- windows ---------------------------------------------------------------------------
+
+    def _mirror_sets(self, tta: bool) -> list[tuple[int, ...]]:
+        """Tensor dims (of ``(B, C, *patch)``) to flip for each pass: nnU-Net's combinations."""
+        if not tta or not self.mirror_axes:
+            return [()]
+        dims = [a + 2 for a in self.mirror_axes]
+        return [()] + [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
+
+    def _logits(self, x, tta: bool):
+        """Mean over folds of nnU-Net's mirrored mean of logits, ``(B, K, *patch)`` float32."""
+        import torch
+
+        flips = self._mirror_sets(tta)
+        total = None
+        for net in self.nets:
+            fold_sum = None
+            for dims in flips:
+                xin = torch.flip(x, dims) if dims else x
+                with self.runtime.autocast():
+                    out = net(xin)
+                out = out.float()
+                if dims:
+                    out = torch.flip(out, dims)
+                fold_sum = out if fold_sum is None else fold_sum.add_(out)
+            if len(flips) > 1:
+                fold_sum.div_(len(flips))
+            total = fold_sum if total is None else total.add_(fold_sum)
+        if len(self.nets) > 1:
+            total.div_(len(self.nets))
+        return total
+
+    # ---- studies ---------------------------------------------------------------------------
+
+    def predict(self, images: Volume | Sequence[Volume], *, tta: bool | None = None,
+                keep_probabilities: bool | None = None) -> Prediction:
+        """Segment one study (one :class:`Volume` per channel, in ``dataset.json``'s order).
+
+        ``keep_probabilities``: also return the class probabilities ``(K, X, Y, Z)`` on the input
+        grid (``Prediction.probabilities()``); ``None`` is ``False`` here (they take ``K`` floats
+        per input voxel). Region-based models have no class probabilities.
+
+        Returns:
+            :class:`~medseg.inference.Prediction`, labels on the input's exact grid.
+        """
+        with self.runtime.activate():
+            return self._predict(images, self.tta if tta is None else bool(tta), bool(keep_probabilities))
+
+    def _predict(self, images, tta: bool, keep: bool) -> Prediction:
+        import torch
+
+        from medseg.inference.resample import SlabResampler
+        from medseg.inference.sliding_window import iter_probability_slabs, nnunet_gaussian, nnunet_window_starts
+
+        cfg = self.config
+        vols = [images] if isinstance(images, Volume) else list(images)
+        if not vols or not all(isinstance(v, Volume) for v in vols):
+            raise TypeError("images must be a Volume or a non-empty list of Volumes (one per channel)")
+        if len(vols) != len(cfg.channels):
+            raise InputError(vols[0].source, f"the model takes {len(cfg.channels)} channel(s) "
+                             f"({', '.join(cfg.channels)}), {len(vols)} image(s) given")
+        if keep and cfg.regions is not None:
+            raise InputError(cfg.folder, "a region-based model gives one sigmoid score per region, not class "
+                             "probabilities: --probabilities and --crf do not apply")
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        ref = vols[0]
+        spacing_nn = [float(s) for s in ref.spacing[::-1]]
+        case = preprocess([np.asarray(v.array).transpose(2, 1, 0) for v in vols], spacing_nn, cfg)
+        timings["preprocess"] = time.perf_counter() - t_start
+
+        k = cfg.n_heads
+        grid = tuple(int(s) for s in case.data.shape[1:])
+        patch = list(cfg.patch_size) if not cfg.is_2d else [1] + list(cfg.patch_size)
+        # stream along the grid's longest axis (the smallest cross-section to hold); windows
+        # still reach the network in nnU-Net's axis order
+        stream = int(np.argmax(grid)) if not cfg.is_2d else 0
+        order = [a for a in range(3) if a != stream] + [stream]
+        back = list(np.argsort(order))
+        data = np.ascontiguousarray(case.data.transpose([0] + [a + 1 for a in order]))
+        window = tuple(patch[a] for a in order)
+        importance = nnunet_gaussian(window)
+        to_net = [0, 1] + [b + 2 for b in back]
+        from_net = [0, 1] + [o + 2 for o in order]
+        dev = self.device
+        gauss_t = torch.from_numpy(importance).to(dev)
+        slice_dim = 2 if cfg.is_2d else None  # the 2D configuration's slice axis (nnU-Net's first)
+
+        def window_fn(batch: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(batch)).permute(to_net)
+            if dev.type == "cuda":
+                x = x.pin_memory().to(dev, non_blocking=True)
+            if slice_dim is not None:
+                x = x.squeeze(2)
+            with torch.inference_mode():
+                out = self._logits(x, tta)
+                if slice_dim is not None:
+                    out = out.unsqueeze(2)
+                out = out.permute(from_net).contiguous()
+                out.mul_(gauss_t)
+                return out.cpu().numpy()
+
+        def place(size: int, p: int) -> list[int]:
+            return list(range(size)) if p == 1 else nnunet_window_starts(size, p, self.step_size)
+
+        # export geometry, in the streamed order
+        out_shape = tuple(case.shape_after_cropping[a] for a in order)
+        fn, kwargs = cfg.resampling_probabilities
+        try:
+            modes_nn = resize_axis_modes(fn, kwargs, case.network_spacing, case.spacing)
+        except ValueError as exc:
+            raise InputError(cfg.folder / "plans.json", str(exc)) from None
+        modes = tuple(modes_nn[a] for a in order)
+        resampler = SlabResampler(tuple(grid[a] for a in order), out_shape, k, modes=modes)
+        before = tuple(case.shape_before_cropping[a] for a in order)
+        box = [case.bbox[a] for a in order]
+        n_fg = max(cfg.labels, default=0)
+        label_dtype = np.uint8 if n_fg < 255 else np.uint16
+        labels = np.zeros(before, dtype=label_dtype)
+        probs = None
+        if keep:
+            probs = np.zeros((k,) + before, dtype=np.float32)
+            probs[0] = 1.0
+        (a0, a1), (b0, b1), (c0, _) = box
+        regions = cfg.regions_class_order
+        t_invert = 0.0
+        t0 = time.perf_counter()
+        for _, slab in iter_probability_slabs(data, window_fn, k, window, window_batch=self.window_batch,
+                                              importance=importance, starts=place):
+            t1 = time.perf_counter()
+            for oz, chunk in resampler.push(slab):
+                z = slice(c0 + oz, c0 + oz + chunk.shape[-1])
+                t = torch.from_numpy(chunk)
+                if regions is None:
+                    if probs is not None:
+                        p = torch.softmax(t, dim=0).numpy()
+                        probs[:, a0:a1, b0:b1, z] = p
+                        labels[a0:a1, b0:b1, z] = p.argmax(axis=0)
+                    else:
+                        labels[a0:a1, b0:b1, z] = chunk.argmax(axis=0)
+                else:
+                    p = torch.sigmoid(t).numpy()
+                    seg = np.zeros(chunk.shape[1:], dtype=label_dtype)
+                    for i, value in enumerate(regions):
+                        seg[p[i] > 0.5] = value
+                    labels[a0:a1, b0:b1, z] = seg
+            t_invert += time.perf_counter() - t1
+        if not resampler.done:
+            raise RuntimeError("sliding window ended before every output slice was produced")
+        t1 = time.perf_counter()
+        # streamed order → nnU-Net's transposed order → the input's axes (medseg's order)
+        to_input = [int(i) for i in np.asarray(back)[cfg.transpose_backward]][::-1]
+        labels_in = np.ascontiguousarray(labels.transpose(to_input))
+        scores = None
+        if probs is not None:
+            scores = np.ascontiguousarray(probs.transpose([0] + [i + 1 for i in to_input]))
+            del probs
+        t_invert += time.perf_counter() - t1
+        timings["windows"] = time.perf_counter() - t0 - t_invert
+        timings["invert"] = t_invert
+        timings["total"] = time.perf_counter() - t_start
+        if labels_in.shape != ref.shape:
+            raise RuntimeError(f"export produced {labels_in.shape}, expected the input's {ref.shape}")
+        seg = Volume(array=labels_in, affine=ref.affine.copy(), source=None,
+                     meta={key: v for key, v in ref.meta.items() if key in ("nifti_header", "dicom", "format")})
+        return Prediction(labels=seg, label_names=self.label_names, image=ref, timings=timings,
+                          _input_grid_scores=scores, _runtime=self.runtime)
+
