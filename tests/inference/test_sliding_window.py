@@ -122,3 +122,16 @@ def test_linear_source_indices_clamp_at_the_borders():
     i0, i1, w1 = linear_source_indices(4, 8)
     assert i0[0] == 0 and w1[0] == 0.0       # first output clamps to the first input
     assert i1[-1] == 3 and i0[-1] == 3       # last output clamps to the last input
+
+
+def test_nnunet_window_starts_and_gaussian():
+    """nnU-Net's placement (its own docstring's example: 110 voxels, window 64, step 0.5 → 0, 23,
+    46) and Gaussian (peak 10, float16 values, no zeros)."""
+    from medseg.inference.sliding_window import nnunet_gaussian, nnunet_window_starts
+
+    assert nnunet_window_starts(110, 64, 0.5) == [0, 23, 46]
+    assert nnunet_window_starts(64, 64, 0.5) == [0]
+    assert nnunet_window_starts(65, 64, 0.5) == [0, 1]
+    g = nnunet_gaussian((8, 12, 10))
+    assert g.max() == 10.0 and g.min() > 0 and np.array_equal(g, g.astype(np.float16).astype(np.float32))
+    assert g[4, 6, 5] == 10.0 and np.allclose(g, g[::-1, ::-1, ::-1][::-1, ::-1, ::-1])
