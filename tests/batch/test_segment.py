@@ -115,3 +115,31 @@ def test_metaimage_pair_is_one_study_redone_when_its_voxels_change(phantom_model
     assert run_batch(archive, phantom_model, out, device="cpu")["skipped"] == ["scan"]
     sitk.WriteImage(volume_to_sitk(vol.with_array(np.flip(vol.array, 0).copy())), str(archive / "scan.mhd"))
     assert run_batch(archive, phantom_model, out, device="cpu")["processed"] == ["scan"]  # same header, new voxels
+
+
+def test_an_nnunet_folder_runs_in_batch_loaded_once_with_folds_in_the_key(small_archive, tmp_path):
+    """An nnU-Net model folder is a batch model like medseg's own: loaded once for all studies,
+    labels on each study's grid equal to `medseg segment`'s, a re-run does nothing, and another
+    fold selection redoes the studies."""
+    from medseg.inference import Predictor, segment_file
+    from medseg.inference.pipeline import predictor_loads
+    from tests.support_nnunet import write_nnunet_folder
+
+    model = write_nnunet_folder(tmp_path / "nn", labels={"background": 0, "liver": 1, "tumour": 2},
+                                patch=(16, 16, 16), spacing=(6.0, 5.0, 5.0), folds=(0, 1))
+    out = tmp_path / "out"
+    before = predictor_loads()
+    record = run_batch(small_archive, model, out, BatchOptions(), device="cpu")
+    assert record["processed"] == ["a", "b"] and predictor_loads() - before == 1
+    for sid in ("a", "b"):
+        seg = read_volume(out / "studies" / sid / "segmentation.nii.gz")
+        src = read_volume(small_archive / f"{sid}.nii.gz")
+        assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
+        single = segment_file(small_archive / f"{sid}.nii.gz", Predictor.from_model_dir(model, device="cpu"),
+                              tmp_path / f"{sid}.nii.gz")
+        assert np.array_equal(seg.array, single.labels.array)
+    report = json.loads((out / "studies" / "a" / "volumes.json").read_text())
+    assert set(report["structures"]) == {"liver", "tumour"}
+    assert run_batch(small_archive, model, out, BatchOptions(), device="cpu")["processed"] == []
+    again = run_batch(small_archive, model, out, BatchOptions(folds=[1]), device="cpu")
+    assert again["processed"] == ["a", "b"]
