@@ -91,7 +91,8 @@ def nnunet_gaussian(patch_size: Sequence[int]) -> np.ndarray:
 def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_classes: int,
                            patch_size: Sequence[int], *, overlap: float = 0.25, window_batch: int = 2,
                            importance: np.ndarray | None = None, max_slab: int = 16,
-                           starts: Callable[[int, int], list[int]] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                           starts: Callable[[int, int], list[int]] | None = None,
+                           accumulate: str = "float32") -> Iterator[tuple[int, np.ndarray]]:
     """Run ``window_fn`` over sliding windows of ``image`` and yield blended probabilities by slab.
 
     Args:
@@ -109,6 +110,11 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
         starts: ``(axis size, window size) -> window starts`` along each axis of the padded image
             (default :func:`window_starts` with ``overlap``; nnU-Net models use
             :func:`nnunet_window_starts`).
+        accumulate: ``"float32"``, or ``"float16"`` for nnU-Net's arithmetic: the weighted
+            scores and the weights are summed into float16 buffers (each sum rounded to float16,
+            windows added to a voxel in lexicographic order of their starts with the last axis
+            outermost) and divided in float16, as ``nnUNetPredictor`` does; the slabs then hold
+            float16 values (as float32).
 
     Yields:
         ``(z0, slab)``: ``slab`` ``(K, X, Y, dz)`` float32 weighted means for ``Z`` indices
@@ -151,8 +157,14 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
         groups.append(group)
     # one fixed buffer along Z, shifted in place (no second copy of it at any time)
     depth = max(g[-1] + pz - g[0] for g in groups)
-    acc = np.zeros((n_classes, padded[0], padded[1], depth), dtype=np.float32)
-    wsum = np.zeros((padded[0], padded[1], depth), dtype=np.float32)
+    if accumulate not in ("float32", "float16"):
+        raise ValueError(f"accumulate must be 'float32' or 'float16', not {accumulate!r}")
+    half = accumulate == "float16"
+    acc_dtype = np.float16 if half else np.float32
+    acc = np.zeros((n_classes, padded[0], padded[1], depth), dtype=acc_dtype)
+    wsum = np.zeros((padded[0], padded[1], depth), dtype=acc_dtype)
+    if half:
+        weights = weights.astype(np.float16)
     lo = 0  # the padded-grid Z of buffer index 0; always the first start of the current group
     for gi, group in enumerate(groups):
         windows = [(x, y, z) for z in group for (x, y) in plane]
@@ -164,14 +176,21 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
                 raise ValueError(f"window function returned shape {scores.shape}, expected "
                                  f"{(len(chunk), n_classes) + patch}")
             for b, (x, y, z) in enumerate(chunk):
-                acc[:, x:x + px, y:y + py, z - lo:z - lo + pz] += scores[b]
-                wsum[x:x + px, y:y + py, z - lo:z - lo + pz] += weights
+                if half:  # the sum in float32, rounded to the float16 buffer (torch's half arithmetic)
+                    block = acc[:, x:x + px, y:y + py, z - lo:z - lo + pz]
+                    block[...] = block.astype(np.float32) + scores[b]
+                    wblock = wsum[x:x + px, y:y + py, z - lo:z - lo + pz]
+                    wblock[...] = wblock.astype(np.float32) + weights.astype(np.float32)
+                else:
+                    acc[:, x:x + px, y:y + py, z - lo:z - lo + pz] += scores[b]
+                    wsum[x:x + px, y:y + py, z - lo:z - lo + pz] += weights
         nxt = groups[gi + 1][0] if gi + 1 < len(groups) else padded[2]
         # [lo, nxt) is final: no later window starts before nxt
         a, b = max(lo, z_lo_valid), min(nxt, z_hi_valid)
         for s0 in range(a, b, max_slab):  # in slabs of at most max_slab slices: small copies
             s1 = min(b, s0 + max_slab)
-            yield s0 - z_lo_valid, acc[:, cx, cy, s0 - lo:s1 - lo] / wsum[None, cx, cy, s0 - lo:s1 - lo]
+            mean = acc[:, cx, cy, s0 - lo:s1 - lo] / wsum[None, cx, cy, s0 - lo:s1 - lo]
+            yield s0 - z_lo_valid, mean.astype(np.float32) if half else mean
         n = nxt - lo
         carried = max(0, group[-1] + pz - nxt)  # Z slices [nxt, end of this group) already summed
         for j in range(carried):  # front to back: a slice never overwrites one still to be moved

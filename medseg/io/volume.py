@@ -7,12 +7,30 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Volume", "affine_spacing", "orientation_code", "affine_difference_mm"]
+__all__ = ["Volume", "affine_spacing", "stated_spacing", "orientation_code", "affine_difference_mm"]
 
 
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel spacing in mm: the lengths of the affine's first three columns."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def stated_spacing(volume: "Volume") -> tuple[float, float, float]:
+    """Voxel spacing in mm as the file states it: a NIfTI header's ``pixdim`` (float32 values, as
+    ITK and nnU-Net read them) when it agrees with the affine's column lengths within 1e-4
+    relative; otherwise (other formats, or a header that disagrees) the affine's.
+
+    The affine of a rotated NIfTI is stored in float32, so its column lengths miss the stated
+    spacing by ~1e-8 relative: enough to flip a ``round(spacing / target × shape)`` at .5.
+    """
+    norms = volume.spacing
+    header = volume.meta.get("nifti_header")
+    if header is None:
+        return norms
+    zooms = [float(np.float32(z)) for z in header.get_zooms()[:3]]
+    if len(zooms) == 3 and all(abs(z - n) <= 1e-4 * max(abs(n), 1e-6) for z, n in zip(zooms, norms)):
+        return tuple(zooms)  # type: ignore[return-value]
+    return norms
 
 
 def affine_difference_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:

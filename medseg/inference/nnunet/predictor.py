@@ -1,10 +1,21 @@
 """The nnU-Net predictor: nnU-Net's preprocessing, window placement, Gaussian, mirroring and fold
 averaging, and its export, with medseg's streamed sliding window and slab-wise inversion.
 
+Numerics (``numerics``):
+
+- ``"nnunet"`` (default): nnU-Net's own arithmetic. ``nnUNetPredictor`` sums the
+  Gaussian-weighted logits and the weights of each fold in float16, divides in float16, adds the
+  folds in float16, and resamples the float16 logits into float16. Near the faces of the grid,
+  where the Gaussian weights are tiny, this moves logits by up to ~0.5. medseg repeats that
+  arithmetic, windows added in nnU-Net's order (streamed along nnU-Net's first axis), so its
+  labels and probabilities are nnU-Net's.
+- ``"float32"``: the same blend in float32 (the exact weighted mean), streamed along the grid's
+  longest axis, with the folds averaged inside each window.
+
 Memory: the network's input ``(C, a, b, c)``, one window-deep slab of class logits
-``K × (cross-section) × (window depth)`` (streamed along the grid's longest axis), the written
-label map, and the class probabilities on the input grid only when they are asked for. nnU-Net
-itself holds the logits of the whole grid and resamples them all at once.
+``(folds ×) K × (cross-section) × (window depth)``, the written label map, and the class
+probabilities on the input grid only when they are asked for. nnU-Net itself holds the logits of
+the whole grid and resamples them all at once.
 """
 
 from __future__ import annotations
@@ -40,10 +51,14 @@ class NnunetPredictor:
         step_size: window step as a fraction of the patch (nnU-Net's default 0.5).
         window_batch: windows per forward pass.
         info: the model's :class:`~medseg.inference.kinds.ModelInfo`.
+        numerics: ``"nnunet"`` (nnU-Net's float16 sums) or ``"float32"`` (see the module docstring).
     """
 
     def __init__(self, config: NnunetConfig, nets: Sequence, *, folds: Sequence, mirror_axes: Sequence[int] | None,
-                 runtime: Runtime, tta: bool = False, step_size: float = 0.5, window_batch: int = 1, info=None):
+                 runtime: Runtime, tta: bool = False, step_size: float = 0.5, window_batch: int = 1, info=None,
+                 numerics: str = "nnunet"):
+        if numerics not in ("nnunet", "float32"):
+            raise ValueError(f"numerics must be 'nnunet' or 'float32', not {numerics!r}")
         if not nets:
             raise ValueError("at least one network (fold) is needed")
         if not 0.0 < step_size <= 1.0:
@@ -61,6 +76,7 @@ class NnunetPredictor:
         self.info = info
         self.model_dir = str(config.folder)
         self.n_classes = config.n_heads
+        self.numerics = numerics
 
     @property
     def device(self):
@@ -79,27 +95,37 @@ class NnunetPredictor:
         dims = [a + 2 for a in self.mirror_axes]
         return [()] + [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
 
-    def _logits(self, x, tta: bool):
-        """Mean over folds of nnU-Net's mirrored mean of logits, ``(B, K, *patch)`` float32."""
+    def _fold_logits(self, net, x, tta: bool):
+        """nnU-Net's mirrored mean of one network's logits, ``(B, K, *patch)`` float32."""
         import torch
 
         flips = self._mirror_sets(tta)
         total = None
-        for net in self.nets:
-            fold_sum = None
-            for dims in flips:
-                xin = torch.flip(x, dims) if dims else x
-                with self.runtime.autocast():
-                    out = net(xin)
-                out = out.float()
-                if dims:
-                    out = torch.flip(out, dims)
-                fold_sum = out if fold_sum is None else fold_sum.add_(out)
-            if len(flips) > 1:
-                fold_sum.div_(len(flips))
-            total = fold_sum if total is None else total.add_(fold_sum)
-        if len(self.nets) > 1:
-            total.div_(len(self.nets))
+        for dims in flips:
+            xin = torch.flip(x, dims) if dims else x
+            with self.runtime.autocast():
+                out = net(xin)
+            out = out.float()
+            if dims:
+                out = torch.flip(out, dims)
+            total = out if total is None else total.add_(out)
+        if len(flips) > 1:
+            total.div_(len(flips))
+        return total
+
+    def _logits(self, x, tta: bool, per_fold: bool = False):
+        """Logits of a window batch: the mean over folds ``(B, K, *patch)``, or with ``per_fold``
+        every fold's, fold after fold along the channels ``(B, F·K, *patch)``."""
+        import torch
+
+        outs = [self._fold_logits(net, x, tta) for net in self.nets]
+        if per_fold:
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        total = outs[0]
+        for out in outs[1:]:
+            total.add_(out)
+        if len(outs) > 1:
+            total.div_(len(outs))
         return total
 
     # ---- studies ---------------------------------------------------------------------------
@@ -137,16 +163,21 @@ class NnunetPredictor:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         ref = vols[0]
-        spacing_nn = [float(s) for s in ref.spacing[::-1]]
+        from medseg.io.volume import stated_spacing
+
+        spacing_nn = [float(s) for s in stated_spacing(ref)[::-1]]
         case = preprocess([np.asarray(v.array).transpose(2, 1, 0) for v in vols], spacing_nn, cfg)
         timings["preprocess"] = time.perf_counter() - t_start
 
         k = cfg.n_heads
         grid = tuple(int(s) for s in case.data.shape[1:])
         patch = list(cfg.patch_size) if not cfg.is_2d else [1] + list(cfg.patch_size)
-        # stream along the grid's longest axis (the smallest cross-section to hold); windows
-        # still reach the network in nnU-Net's axis order
-        stream = int(np.argmax(grid)) if not cfg.is_2d else 0
+        exact = self.numerics == "nnunet"
+        n_folds = len(self.nets) if exact else 1
+        # nnU-Net's numerics stream along its first axis (so that each voxel gets its windows in
+        # nnU-Net's order); float32 along the grid's longest (the smallest cross-section to hold).
+        # Windows reach the network in nnU-Net's axis order either way.
+        stream = 0 if (cfg.is_2d or exact) else int(np.argmax(grid))
         order = [a for a in range(3) if a != stream] + [stream]
         back = list(np.argsort(order))
         data = np.ascontiguousarray(case.data.transpose([0] + [a + 1 for a in order]))
@@ -165,7 +196,7 @@ class NnunetPredictor:
             if slice_dim is not None:
                 x = x.squeeze(2)
             with torch.inference_mode():
-                out = self._logits(x, tta)
+                out = self._logits(x, tta, per_fold=exact)
                 if slice_dim is not None:
                     out = out.unsqueeze(2)
                 out = out.permute(from_net).contiguous()
@@ -197,10 +228,23 @@ class NnunetPredictor:
         regions = cfg.regions_class_order
         t_invert = 0.0
         t0 = time.perf_counter()
-        for _, slab in iter_probability_slabs(data, window_fn, k, window, window_batch=self.window_batch,
-                                              importance=importance, starts=place):
+        def fold_mean(slab: np.ndarray) -> np.ndarray:
+            """nnU-Net's fold average of float16 logits: added fold by fold, divided, in float16."""
+            if n_folds == 1:
+                return slab
+            mean = slab[:k].astype(np.float16)
+            for f in range(1, n_folds):
+                mean = (mean.astype(np.float32) + slab[f * k:(f + 1) * k]).astype(np.float16)
+            return (mean / np.float16(n_folds)).astype(np.float32)
+
+        for _, slab in iter_probability_slabs(data, window_fn, k * n_folds, window, window_batch=self.window_batch,
+                                              importance=importance, starts=place,
+                                              accumulate="float16" if exact else "float32"):
             t1 = time.perf_counter()
+            slab = fold_mean(slab)
             for oz, chunk in resampler.push(slab):
+                if exact:  # nnU-Net resamples float16 logits into float16
+                    chunk = chunk.astype(np.float16).astype(np.float32)
                 z = slice(c0 + oz, c0 + oz + chunk.shape[-1])
                 t = torch.from_numpy(chunk)
                 if regions is None:
