@@ -23,7 +23,9 @@ def segment(
         help="The study: a NIfTI/NRRD/MHA file or a folder holding one DICOM series; a multi-channel model takes "
              "one INPUT per channel, in the model's channel order (`medseg models --describe MODEL` lists them), "
              "e.g. FLAIR.nii.gz T1c.nii.gz."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory (plans.json + model.pt) from `medseg train`."),
+    model: Path = typer.Option(..., "--model", "-m",
+                               help="Model folder: a medseg model directory (plans.json + model.pt) from `medseg train`, "
+                                    "an nnU-Net v2 trained-model folder or a MONAI bundle."),
     output: Path = typer.Option(..., "--output", "-o", help="Label map to write (.nii.gz), on the input's exact grid."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
     crf: bool = typer.Option(False, "--crf", help="Refine with the dense 3D CRF (the model modality's defaults)."),
@@ -53,8 +55,8 @@ def segment(
         raise InputError(model, "model directory does not exist" if not model.exists() else "is not a folder")
 
     from medseg.inference import Predictor, StudyOptions, segment_file
+    from medseg.inference.kinds import describe_model
     from medseg.inference.segment import check_output_paths
-    from medseg.plans import load_plans
 
     check_output_paths(inputs, {"-o": output, "--probabilities": probabilities, "--volumes": volumes})
     for path in inputs:
@@ -62,14 +64,14 @@ def segment(
             from medseg.io.files import missing_problem
 
             raise InputError(path, missing_problem(path))
-    plans = load_plans(model)  # a clear error for a folder that is not a model directory, before torch loads
-    n = plans.model.in_channels
+    info = describe_model(model)  # a clear error for a folder that is not a model folder, before torch loads
+    n = len(info.channels)
     if len(inputs) != n:
-        raise MedsegError(f"{model}: the model takes {n} channel(s) ({', '.join(plans.channel_names)}): give one "
+        raise MedsegError(f"{model}: the model takes {n} channel(s) ({', '.join(info.channels)}): give one "
                           f"INPUT per channel in that order, not {len(inputs)}")
     from medseg.inference.pipeline import DEFAULT_COMPONENTS
 
-    options = StudyOptions.for_model(plans, crf=crf, tta=tta, components=DEFAULT_COMPONENTS if components else None)
+    options = StudyOptions.for_model(info, crf=crf, tta=tta, components=DEFAULT_COMPONENTS if components else None)
     stage(f"loading model {model}")
     try:
         predictor = Predictor.from_model_dir(model, device=dev, autocast=autocast, overlap=overlap,

@@ -89,8 +89,9 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
     Args:
         inputs: NIfTI/NRRD/MHA file or DICOM series folder; or one per channel (same grid), in
             the model's channel order.
-        predictor_or_model_dir: a loaded :class:`Predictor` (several studies: load once) or a
-            model directory.
+        predictor_or_model_dir: a loaded predictor of any model kind (:class:`Predictor`, or
+            what :func:`medseg.inference.kinds.load_predictor` returns; several studies: load
+            once) or a model folder.
         output_path: the label map (uint8; NIfTI keeps the input's header codes).
         options: CRF, components and TTA (:class:`StudyOptions`; default: none of them).
         volumes_path: also write a volume report (``.json``, ``.csv`` or ``.html``) there.
@@ -115,11 +116,11 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
     say(f"reading {', '.join(map(str, paths))}")
     images = read_channels(paths, series_uid=series_uid)
     t_read = time.perf_counter() - t0
-    if isinstance(predictor_or_model_dir, Predictor):
-        predictor = predictor_or_model_dir
-    else:
+    if isinstance(predictor_or_model_dir, (str, Path)):
         say(f"loading model {predictor_or_model_dir}")
         predictor = Predictor.from_model_dir(predictor_or_model_dir)
+    else:  # a loaded predictor of any model kind (medseg.inference.kinds)
+        predictor = predictor_or_model_dir
     image = images[0]
     steps = {"crf": "refining with the dense CRF", "components": "cleaning connected components",
              "volumes": "measuring volumes",
