@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["SlabResampler", "linear_source_indices", "nearest_source_indices"]
+__all__ = ["SlabResampler", "AxisMap", "linear_source_indices"]
 
 
 def linear_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,13 +32,68 @@ def linear_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.n
     return i0, i1, w1
 
 
-def nearest_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest-slice interpolation in the form of :func:`linear_source_indices` (second weight 0):
-    the source ``floor((dst + 0.5) × in/out)``, torch's ``nearest-exact`` (and scipy's order-0
-    ``map_coordinates`` at the same centres)."""
-    src = np.floor((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size)).astype(np.int64)
-    i0 = np.clip(src, 0, in_size - 1)
-    return i0, i0.copy(), np.zeros(out_size, dtype=np.float32)
+class AxisMap:
+    """A 1D resampling along one axis: output index ``j`` takes ``w0[j]·x[i0[j]] + w1[j]·x[i1[j]]``.
+
+    Build it with :meth:`affine`: output index ``j`` sits at input coordinate ``scale·j + offset``
+    (what ``torch.nn.functional.grid_sample`` samples when an axis-aligned affine maps output
+    voxels to input voxels, as MONAI's ``Spacingd`` and its inverse do).
+    """
+
+    def __init__(self, i0: np.ndarray, i1: np.ndarray, w0: np.ndarray, w1: np.ndarray):
+        self.i0, self.i1 = np.asarray(i0, dtype=np.int64), np.asarray(i1, dtype=np.int64)
+        self.w0, self.w1 = np.asarray(w0, dtype=np.float32), np.asarray(w1, dtype=np.float32)
+
+    @classmethod
+    def linear(cls, in_size: int, out_size: int) -> "AxisMap":
+        """Linear interpolation over the same field of view (:func:`linear_source_indices`:
+        ``align_corners=False``, edges clamped), as torch's trilinear and skimage's order 1."""
+        i0, i1, w1 = linear_source_indices(in_size, out_size)
+        return cls(i0, i1, (1.0 - w1).astype(np.float32), w1)
+
+    @classmethod
+    def nearest(cls, in_size: int, out_size: int) -> "AxisMap":
+        """The nearest source over the same field of view: ``floor((j + 0.5)·in/out)``, torch's
+        ``nearest-exact`` and scipy's order-0 ``map_coordinates`` at ``(j + 0.5)·in/out − 0.5``
+        (nnU-Net's two export rules along an anisotropic axis)."""
+        src = np.floor((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size)).astype(np.int64)
+        i0 = np.clip(src, 0, in_size - 1)
+        return cls(i0, i0, np.ones(out_size, dtype=np.float32), np.zeros(out_size, dtype=np.float32))
+
+    @classmethod
+    def affine(cls, in_size: int, out_size: int, scale: float, offset: float, *, mode: str = "bilinear",
+               padding: str = "border") -> "AxisMap":
+        """``mode``: ``"bilinear"`` (linear) or ``"nearest"`` (round half to even, as grid_sample);
+        ``padding``: ``"border"`` (coordinates clamped into the input) or ``"zeros"`` (samples
+        outside the input count as 0)."""
+        if mode not in ("bilinear", "nearest") or padding not in ("border", "zeros"):
+            raise ValueError(f"mode must be bilinear or nearest and padding border or zeros, not {mode}, {padding}")
+        src = float(scale) * np.arange(out_size, dtype=np.float64) + float(offset)
+        last = in_size - 1
+        if padding == "border":
+            src = np.clip(src, 0.0, last)
+        if mode == "nearest":
+            i0 = np.rint(src).astype(np.int64)
+            inside = (i0 >= 0) & (i0 <= last)
+            i0 = np.clip(i0, 0, last)
+            return cls(i0, i0, inside.astype(np.float32), np.zeros(out_size, dtype=np.float32))
+        f = np.floor(src)
+        w1 = src - f
+        i0 = f.astype(np.int64)
+        i1 = i0 + 1
+        w0 = 1.0 - w1
+        w0 = np.where((i0 >= 0) & (i0 <= last), w0, 0.0)
+        w1 = np.where((i1 >= 0) & (i1 <= last), w1, 0.0)
+        return cls(np.clip(i0, 0, last), np.clip(i1, 0, last), w0, w1)
+
+    def apply(self, array: np.ndarray, axis: int) -> np.ndarray:
+        """Resample ``array`` along ``axis`` (float32)."""
+        shape = [1] * array.ndim
+        shape[axis] = -1
+        out = np.take(array, self.i0, axis=axis) * self.w0.reshape(shape)
+        if np.any(self.w1):
+            out += np.take(array, self.i1, axis=axis) * self.w1.reshape(shape)
+        return out.astype(np.float32, copy=False)
 
 
 class SlabResampler:
@@ -49,8 +104,8 @@ class SlabResampler:
         out_shape: ``(X', Y', Z')`` of the result.
         n_channels: ``K``.
         max_bytes: budget for the working buffers of one output chunk (float32).
-        modes: ``"linear"`` or ``"nearest"`` per axis ``(X, Y, Z)`` (nnU-Net's export takes the
-            nearest slice along an anisotropic axis); all linear is trilinear.
+        axis_maps: one :class:`AxisMap` per axis instead of the same-field-of-view trilinear rule
+            (``None``).
 
     Use :meth:`push` with consecutive slabs ``(K, X, Y, dz)``; it yields ``(z0, chunk)`` with
     ``chunk`` ``(K, X', Y', m)`` float32 for output slices ``z0 .. z0+m-1`` as soon as they can be
@@ -58,19 +113,21 @@ class SlabResampler:
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], n_channels: int,
-                 max_bytes: int = 256 * 2**20, modes: Sequence[str] = ("linear", "linear", "linear")):
+                 max_bytes: int = 256 * 2**20, axis_maps: Sequence[AxisMap] | None = None):
         self.in_shape = tuple(int(s) for s in in_shape)
         self.out_shape = tuple(int(s) for s in out_shape)
         if len(self.in_shape) != 3 or len(self.out_shape) != 3:
             raise ValueError(f"in_shape and out_shape must be 3D, not {self.in_shape} and {self.out_shape}")
         self.n_channels = int(n_channels)
-        self.modes = tuple(modes)
-        if len(self.modes) != 3 or any(m not in ("linear", "nearest") for m in self.modes):
-            raise ValueError(f"modes must be 3 of 'linear'/'nearest', not {modes}")
-        tables = [(nearest_source_indices if m == "nearest" else linear_source_indices)(i, o)
-                  for m, i, o in zip(self.modes, self.in_shape, self.out_shape)]
-        self._plane_tables = tables[:2]
-        self.i0, self.i1, self.w1 = tables[2]
+        self.axis_maps = None if axis_maps is None else tuple(axis_maps)
+        if self.axis_maps is not None:
+            if len(self.axis_maps) != 3 or any(len(m.i0) != n for m, n in zip(self.axis_maps, self.out_shape)):
+                raise ValueError(f"axis_maps must be three AxisMaps of the output sizes {self.out_shape}")
+            z = self.axis_maps[2]
+            self.i0, self.i1, self.w0, self.w1 = z.i0, z.i1, z.w0, z.w1
+        else:
+            self.i0, self.i1, self.w1 = linear_source_indices(self.in_shape[2], self.out_shape[2])
+            self.w0 = (1.0 - self.w1).astype(np.float32)
         per_slice = self.n_channels * self.out_shape[0] * self.out_shape[1] * 4
         # each output slice may need two resized source slices plus itself
         self.chunk = max(1, int(max_bytes // (3 * per_slice)))
@@ -84,19 +141,11 @@ class SlabResampler:
         return self._next_out >= self.out_shape[2]
 
     def _resize_plane(self, slices: np.ndarray) -> np.ndarray:
-        """``(K, X, Y, n)`` → ``(K, X', Y', n)`` bilinear (align_corners=False)."""
+        """``(K, X, Y, n)`` → ``(K, X', Y', n)`` bilinear (align_corners=False, or the axis maps)."""
+        if self.axis_maps is not None:
+            return self.axis_maps[1].apply(self.axis_maps[0].apply(slices, 1), 2)
         if slices.shape[1:3] == self.out_shape[:2]:
             return slices
-        if self.modes[:2] != ("linear", "linear"):
-            out = slices
-            for axis, (i0, i1, w1) in zip((1, 2), self._plane_tables):
-                if out.shape[axis] == self.out_shape[axis - 1]:
-                    continue
-                shape = [1] * out.ndim
-                shape[axis] = -1
-                w = w1.reshape(shape)
-                out = np.take(out, i0, axis=axis) * (1.0 - w) + np.take(out, i1, axis=axis) * w
-            return out.astype(np.float32, copy=False)
         import torch
         import torch.nn.functional as F
 
@@ -132,10 +181,10 @@ class SlabResampler:
             if ready.size == 0:
                 break
             stop = start + int(ready[-1]) + 1 if not last else stop
-            i0, i1, w1 = self.i0[start:stop], self.i1[start:stop], self.w1[start:stop]
+            i0, i1, w0, w1 = self.i0[start:stop], self.i1[start:stop], self.w0[start:stop], self.w1[start:stop]
             src_lo, src_hi = int(i0.min()), int(i1.max()) + 1
             resized = self._resize_plane(sources(src_lo, src_hi))
-            out = resized[..., i0 - src_lo] * (1.0 - w1)
+            out = resized[..., i0 - src_lo] * w0
             out += resized[..., i1 - src_lo] * w1
             self._next_out = stop
             yield start, out.astype(np.float32, copy=False)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.inference.resample import SlabResampler
+from medseg.inference.resample import AxisMap, SlabResampler
 
 
 def _stream(data: np.ndarray, out_shape, modes, step: int = 3) -> np.ndarray:
     k = data.shape[0]
-    r = SlabResampler(data.shape[1:], out_shape, k, modes=modes, max_bytes=4096)
+    maps = [getattr(AxisMap, m)(n, o) for m, n, o in zip(modes, data.shape[1:], out_shape)]
+    r = SlabResampler(data.shape[1:], out_shape, k, axis_maps=maps, max_bytes=4096)
     out = np.empty((k,) + tuple(out_shape), dtype=np.float32)
     for z in range(0, data.shape[-1], step):
         for oz, chunk in r.push(data[..., z:z + step]):

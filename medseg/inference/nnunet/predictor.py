@@ -147,7 +147,7 @@ class NnunetPredictor:
     def _predict(self, images, tta: bool, keep: bool) -> Prediction:
         import torch
 
-        from medseg.inference.resample import SlabResampler
+        from medseg.inference.resample import AxisMap, SlabResampler
         from medseg.inference.sliding_window import iter_probability_slabs, nnunet_gaussian, nnunet_window_starts
 
         cfg = self.config
@@ -213,8 +213,10 @@ class NnunetPredictor:
             modes_nn = resize_axis_modes(fn, kwargs, case.network_spacing, case.spacing)
         except ValueError as exc:
             raise InputError(cfg.folder / "plans.json", str(exc)) from None
-        modes = tuple(modes_nn[a] for a in order)
-        resampler = SlabResampler(tuple(grid[a] for a in order), out_shape, k, modes=modes)
+        in_shape = tuple(grid[a] for a in order)
+        maps = [(AxisMap.nearest if modes_nn[a] == "nearest" else AxisMap.linear)(n, o)
+                for a, n, o in zip(order, in_shape, out_shape)]
+        resampler = SlabResampler(in_shape, out_shape, k, axis_maps=maps)
         before = tuple(case.shape_before_cropping[a] for a in order)
         box = [case.bbox[a] for a in order]
         n_fg = max(cfg.labels, default=0)

@@ -208,10 +208,10 @@ def resample_data(data: np.ndarray, shape: Sequence[int], current_spacing: Seque
                     grids[a] = float(here.shape[a]) / shape[a] * (grids[a] + 0.5) - 0.5
                 out[c] = map_coordinates(here, grids, order=order_z, mode="nearest")
             else:
-                from medseg.inference.resample import nearest_source_indices
+                from medseg.inference.resample import AxisMap
 
                 # map_coordinates(order=0) at (d + 0.5)·in/out − 0.5 picks floor((d + 0.5)·in/out)
-                idx = nearest_source_indices(here.shape[axis], shape[axis])[0]
+                idx = AxisMap.nearest(here.shape[axis], shape[axis]).i0
                 out[c] = np.take(here, idx, axis=axis)
         else:
             out[c] = here
