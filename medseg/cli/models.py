@@ -69,7 +69,7 @@ def _describe(model_dir: Path, as_json: bool, task: str | None = None) -> None:
     what = {"medseg": lambda: f"{d.get('architecture')}, {d.get('spatial_dims')}D",
             "nnunet": lambda: f"nnU-Net v2 {d.get('configuration')}, {d.get('trainer')}, {d.get('plans')}, "
                               f"{d.get('architecture')}" + (", region-based" if d.get("region_based") else ""),
-            "monai-bundle": lambda: f"MONAI bundle {d.get('name') or ''} {d.get('version') or ''}".rstrip()
+            "monai-bundle": lambda: " ".join(str(x) for x in ("MONAI bundle", d.get("name"), d.get("version")) if x)
                                     + f", {d.get('network')}",
             }.get(info.kind, lambda: info.kind)()
     channels = " ".join(f"{i + 1}:{name}" for i, name in enumerate(info.channels))
