@@ -153,10 +153,8 @@ def describe_model(path: str | Path, options: ModelOptions | None = None) -> Mod
     Raises:
         InputError: not a model folder, or its configuration is incomplete or invalid.
     """
-    options = options or ModelOptions()
-    kind = detect_kind(path, options.task)
-    _check_options(kind, Path(path), options)
-    return _module(kind).describe(Path(path), options)
+    module, options = _kind_module(path, options)
+    return module.describe(Path(path), options)
 
 
 def load_predictor(path: str | Path, *, options: ModelOptions | None = None, device: str = "auto",
@@ -174,12 +172,10 @@ def load_predictor(path: str | Path, *, options: ModelOptions | None = None, dev
     Raises:
         InputError: not a loadable model folder (one line naming the file and the problem).
     """
-    options = options or ModelOptions()
-    if overlap is not None and options.step_size is not None:
+    if overlap is not None and options is not None and options.step_size is not None:
         raise ValueError("give the window overlap or the step size, not both")
-    kind = detect_kind(path, options.task)
-    _check_options(kind, Path(path), options)
-    return _module(kind).load(Path(path), options, device=device, autocast=autocast, tta=tta, overlap=overlap,
+    module, options = _kind_module(path, options)
+    return module.load(Path(path), options, device=device, autocast=autocast, tta=tta, overlap=overlap,
                               window_batch=window_batch, num_threads=num_threads)
 
 
@@ -191,18 +187,20 @@ def model_files(path: str | Path, options: ModelOptions | None = None) -> list[P
     Raises:
         InputError: not a model folder, or one of those files is missing.
     """
+    module, options = _kind_module(path, options)
+    return module.model_files(Path(path), options)
+
+
+def _kind_module(path: str | Path, options: ModelOptions | None):
+    """The module of the folder's kind, with the options checked against the kind."""
     options = options or ModelOptions()
     kind = detect_kind(path, options.task)
-    _check_options(kind, Path(path), options)
-    return _module(kind).model_files(Path(path), options)
-
-
-def _check_options(kind: str, path: Path, options: ModelOptions) -> None:
     if kind not in ("nnunet", "totalsegmentator"):
         if options.folds is not None:
             raise InputError(path, f"a {kind} model has no folds: leave out --folds")
         if options.checkpoint != "final":
             raise InputError(path, f"a {kind} model has one checkpoint: leave out --checkpoint")
+    return _module(kind), options
 
 
 def _module(kind: str):
