@@ -69,6 +69,9 @@ def _describe(model_dir: Path, as_json: bool, task: str | None = None) -> None:
     what = {"medseg": lambda: f"{d.get('architecture')}, {d.get('spatial_dims')}D",
             "nnunet": lambda: f"nnU-Net v2 {d.get('configuration')}, {d.get('trainer')}, {d.get('plans')}, "
                               f"{d.get('architecture')}" + (", region-based" if d.get("region_based") else ""),
+            "totalsegmentator": lambda: f"TotalSegmentator {d.get('totalsegmentator_version')} task {d.get('task')}, "
+                                        f"{len(d.get('parts') or [])} part model(s) "
+                                        f"({', '.join(str(p['dataset_id']) for p in d.get('parts') or [])}), {d.get('trainer')}",
             "monai-bundle": lambda: " ".join(str(x) for x in ("MONAI bundle", d.get("name"), d.get("version")) if x)
                                     + f", {d.get('network')}",
             }.get(info.kind, lambda: info.kind)()
