@@ -41,10 +41,12 @@ def write_nnunet_folder(root: str | Path, *, labels: dict[str, Any], channels: S
                         configuration: str = "3d_fullres", regions_class_order: Sequence[int] | None = None,
                         features: Sequence[int] = (4, 8, 16), seed: int = 0, mirror_axes=(0, 1, 2),
                         dataset_name: str = "Dataset999_Random", checkpoint: str = "checkpoint_final.pth",
-                        extra_checkpoint: dict | None = None) -> Path:
+                        extra_checkpoint: dict | None = None, background_bias: float = 0.0) -> Path:
     """Write a trained-model folder with random (seeded) weights and return its path.
 
     ``labels``: dataset.json's ``labels`` (``{"background": 0, "liver": 1}``; regions as lists).
+    ``background_bias``: added to the first output's bias in every output layer (a positive value
+    leaves more voxels background).
     """
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
@@ -92,6 +94,10 @@ def write_nnunet_folder(root: str | Path, *, labels: dict[str, Any], channels: S
     for fold in folds:
         torch.manual_seed(seed + int(fold))
         net = PlainConvUNet(input_channels=len(channels), num_classes=heads, deep_supervision=True, **kwargs)
+        if background_bias:
+            with torch.no_grad():
+                for layer in net.decoder.seg_layers:
+                    layer.bias[0] += background_bias
         (folder / f"fold_{fold}").mkdir(exist_ok=True)
         ckpt = {"network_weights": net.state_dict(), "init_args": {"configuration": configuration},
                 "trainer_name": trainer, "inference_allowed_mirroring_axes": mirror_axes,
