@@ -135,3 +135,27 @@ def test_transient_errors_are_retried(prefect_server, tmp_path, phantom_model, m
     record = fsa.segment_archive(str(archive), str(phantom_model), str(tmp_path / "out"))
     assert calls["n"] == 2
     assert record["processed"] == ["study_00"]
+
+
+def test_flow_runs_an_nnunet_folder_with_the_folds_asked_for(prefect_server, tmp_path):
+    """The flow takes the model options: an nnU-Net folder with --folds runs those folds, and the
+    labels are what medseg segment gives with the same folds."""
+    import flows.segment_archive as fsa
+    from medseg.inference import Predictor
+    from tests.support_nnunet import write_nnunet_folder
+
+    archive = tmp_path / "archive"
+    write_tiny_archive(archive, 2)
+    model = write_nnunet_folder(tmp_path / "nn", labels={"background": 0, "organ": 1}, patch=(16, 16, 16),
+                                spacing=(6.0, 6.0, 6.0), folds=(0, 1))
+    out = tmp_path / "out"
+    record = fsa.segment_archive(str(archive), str(model), str(out), folds=[1])
+    assert record["processed"] == ["study_00", "study_01"] and record["failed"] == []
+    fold1 = Predictor.from_model_dir(model, device="cpu", folds=[1])
+    both = Predictor.from_model_dir(model, device="cpu")
+    for sid in record["processed"]:
+        image = read_volume(archive / f"{sid}.nii.gz")
+        seg = read_volume(out / "studies" / sid / "segmentation.nii.gz").array
+        assert np.array_equal(seg, fold1.predict(image).labels.array)
+        assert not np.array_equal(fold1.predict(image, keep_probabilities=True).probabilities(),
+                                  both.predict(image, keep_probabilities=True).probabilities())

@@ -140,3 +140,19 @@ def test_crf_is_refused_for_a_region_based_model(tmp_path, case, cli):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "v.json").read_text())
     assert set(report["structures"]) == {"whole", "core"}
+
+
+def test_checkpoint_best_runs_the_best_weights(tmp_path, case):
+    """--checkpoint best loads checkpoint_best.pth: the labels differ from checkpoint_final.pth's
+    when the weights differ, and equal a folder whose final checkpoint holds those weights."""
+    from medseg.inference import Predictor
+    from medseg.io import read_volume
+
+    folder = write_nnunet_folder(tmp_path / "m", labels=LABELS, seed=1)
+    other = write_nnunet_folder(tmp_path / "o", labels=LABELS, seed=7)
+    shutil.copy(other / "fold_0" / "checkpoint_final.pth", folder / "fold_0" / "checkpoint_best.pth")
+    image = read_volume(case)
+    best = Predictor.from_model_dir(folder, device="cpu", checkpoint="best").predict(image).labels.array
+    final = Predictor.from_model_dir(folder, device="cpu").predict(image).labels.array
+    assert np.array_equal(best, Predictor.from_model_dir(other, device="cpu").predict(image).labels.array)
+    assert not np.array_equal(best, final)
