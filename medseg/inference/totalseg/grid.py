@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CanonicalGrid", "canonical_grid", "to_spacing", "to_shape", "from_canonical"]
+__all__ = ["CanonicalGrid", "canonical_grid", "to_canonical", "to_spacing", "to_shape", "from_canonical"]
 
 
 @dataclass(frozen=True)
