@@ -61,6 +61,51 @@ class NnunetPredictor:
         self.info = info
         self.model_dir = str(config.folder)
         self.n_classes = config.n_heads
+        from medseg.inference.backends import torch_forward
+
+        self.forwards = [torch_forward(net, runtime) for net in self.nets]
+
+    def use_backend(self, backend: str = "auto", precision: str = "f32", *,
+                    calibration: Sequence[Sequence[str]] = ()):
+        """Run every fold's network on ``backend`` at ``precision`` from now on (one compiled
+        network per fold; see :func:`medseg.inference.backends.compile_network`).
+
+        ``calibration``: for ``int8``, studies (each a sequence of channel paths, in
+        ``dataset.json``'s order) whose windows, after nnU-Net's preprocessing, calibrate every fold.
+
+        Returns:
+            the :class:`~medseg.inference.backends.Forward` of each fold (also :attr:`forwards`).
+        """
+        from medseg.inference.backends import CALIBRATION_WINDOWS, calibration_key, calibration_windows, compile_network
+
+        cfg = self.config
+        patch = tuple(int(p) for p in cfg.patch_size)
+        window = patch if not cfg.is_2d else (1,) + patch
+        windows = None
+        if calibration:
+            def windows():
+                from medseg.io import read_channels
+
+                def images():
+                    for sources in calibration:
+                        vols = read_channels(list(sources))
+                        spacing_nn = [float(s) for s in vols[0].spacing[::-1]]
+                        yield preprocess([np.asarray(v.array).transpose(2, 1, 0) for v in vols], spacing_nn, cfg).data
+
+                for w in calibration_windows(images(), window, -(-CALIBRATION_WINDOWS // len(calibration))):
+                    yield w.squeeze(2) if cfg.is_2d else w
+
+        key = calibration_key(calibration) if calibration else None
+        self.forwards = [compile_network(net, input_shape=(self.window_batch, len(cfg.channels)) + patch,
+                                         runtime=self.runtime, backend=backend, precision=precision,
+                                         calibration=windows, calibration_id=key) for net in self.nets]
+        return self.forwards
+
+    @property
+    def backend(self) -> str:
+        """What runs the windows, e.g. ``"openvino f32"`` (each fold's when they differ)."""
+        shown = [f.describe() for f in self.forwards]
+        return shown[0] if len(set(shown)) == 1 else "; ".join(f"fold {k}: {d}" for k, d in zip(self.folds, shown))
 
     @property
     def device(self):
@@ -85,21 +130,19 @@ class NnunetPredictor:
 
         flips = self._mirror_sets(tta)
         total = None
-        for net in self.nets:
+        for forward in self.forwards:
             fold_sum = None
             for dims in flips:
                 xin = torch.flip(x, dims) if dims else x
-                with self.runtime.autocast():
-                    out = net(xin)
-                out = out.float()
+                out = forward(xin)
                 if dims:
                     out = torch.flip(out, dims)
                 fold_sum = out if fold_sum is None else fold_sum.add_(out)
             if len(flips) > 1:
                 fold_sum.div_(len(flips))
             total = fold_sum if total is None else total.add_(fold_sum)
-        if len(self.nets) > 1:
-            total.div_(len(self.nets))
+        if len(self.forwards) > 1:
+            total.div_(len(self.forwards))
         return total
 
     # ---- studies ---------------------------------------------------------------------------
