@@ -71,6 +71,7 @@ _LOG = logging.getLogger("medseg.inference")
 _PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 _CONVERSIONS = {"count": 0}
 _CONVERSIONS_LOCK = threading.Lock()
+_EXPORT_LOCK = threading.Lock()  # torch's ONNX export traces through global state: one at a time per process
 
 
 class BackendError(MedsegError, ValueError):
@@ -333,17 +334,18 @@ def _onnx_bytes(net, shape: tuple[int, ...], folder: Path) -> tuple[bytes, Path]
     parts = {"format": "onnx", "version": FORMAT_VERSION, "opset": ONNX_OPSET, "torch": torch.__version__,
              "input": list(shape[1:]), "weights": _weights_hash(net)}
     entry = folder / "networks" / _key(parts)
-    if _read_entry(entry, ["model.onnx"]):
-        return (entry / "model.onnx").read_bytes(), entry
-    buf = io.BytesIO()
-    example = torch.zeros(shape, dtype=torch.float32)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about shapes read as Python numbers: fixed windows
-        torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=ONNX_OPSET, input_names=["x"],
-                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
-    _count_conversion()
-    data = buf.getvalue()
-    _write_entry(entry, parts, lambda tmp: (tmp / "model.onnx").write_bytes(data))
+    with _EXPORT_LOCK:
+        if _read_entry(entry, ["model.onnx"]):
+            return (entry / "model.onnx").read_bytes(), entry
+        buf = io.BytesIO()
+        example = torch.zeros(shape, dtype=torch.float32)
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes read as Python numbers: fixed windows
+            torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=ONNX_OPSET, input_names=["x"],
+                              output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+        _count_conversion()
+        data = buf.getvalue()
+        _write_entry(entry, parts, lambda tmp: (tmp / "model.onnx").write_bytes(data))
     return data, entry
 
 
