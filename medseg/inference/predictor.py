@@ -259,12 +259,13 @@ class Predictor:
         net_window = tuple(w for d, w in enumerate(self.window) if d + 2 != slice_dim)
         windows = None
         if calibration:
-            def windows():
+            def cut():
                 from medseg.io import read_channels
 
                 images = (preprocess_case(read_channels(list(s)), self.plans.preprocess).image for s in calibration)
                 for w in calibration_windows(images, self.window, -(-CALIBRATION_WINDOWS // len(calibration))):
                     yield w if slice_dim is None else w.squeeze(slice_dim)
+            windows = cut
         self.forward = compile_network(
             self.net, input_shape=(self.window_batch, self.plans.model.in_channels) + net_window, runtime=self.runtime,
             backend=backend, precision=precision, calibration=windows,

@@ -83,7 +83,7 @@ class NnunetPredictor:
         window = patch if not cfg.is_2d else (1,) + patch
         windows = None
         if calibration:
-            def windows():
+            def cut():
                 from medseg.io import read_channels
 
                 def images():
@@ -94,7 +94,7 @@ class NnunetPredictor:
 
                 for w in calibration_windows(images(), window, -(-CALIBRATION_WINDOWS // len(calibration))):
                     yield w.squeeze(2) if cfg.is_2d else w
-
+            windows = cut
         key = calibration_key(calibration) if calibration else None
         self.forwards = [compile_network(net, input_shape=(self.window_batch, len(cfg.channels)) + patch,
                                          runtime=self.runtime, backend=backend, precision=precision,
