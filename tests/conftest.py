@@ -18,6 +18,14 @@ SHARED_DATA = shared_data_dir()
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Converted networks (OpenVINO, ONNX Runtime) go to a cache of this test session, not the user's.
+if "MEDSEG_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["MEDSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="medseg_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["MEDSEG_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

@@ -107,8 +107,8 @@ def bf16_vs_fp32(inp: Path, model: Path) -> dict:
     from medseg.io import read_volume
 
     f_out, h_out = WORK / "bf16_fp32.nii.gz", WORK / "bf16_bf16.nii.gz"
-    f = measure(ours(inp, model, f_out))
-    h = measure(ours(inp, model, h_out, "--autocast", "bf16"))
+    f = measure(ours(inp, model, f_out, "--backend", "torch"))
+    h = measure(ours(inp, model, h_out, "--backend", "torch", "--autocast", "bf16"))
     a, b = read_volume(f_out).array, read_volume(h_out).array
     res = {"input": str(inp), "fp32_wall_s": f["wall_s"], "bf16_wall_s": h["wall_s"],
            "fp32_cpu_s": f["cpu_s"], "bf16_cpu_s": h["cpu_s"],

@@ -55,6 +55,9 @@ class BatchOptions(BaseModel):
         folds, checkpoint, task, step_size: how to run the model folder
             (:class:`~medseg.inference.kinds.ModelOptions`: nnU-Net folds and checkpoint, the
             TotalSegmentator task, the window step).
+        backend, precision, calibration: what runs the network (``auto``, ``torch``,
+            ``openvino``, ``onnxruntime``), at which precision (``f32``, ``bf16``, ``int8``), and
+            for int8 the calibration studies (each a list of channel paths).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -71,27 +74,40 @@ class BatchOptions(BaseModel):
     checkpoint: str = "final"
     task: str | None = None
     step_size: float | None = None
+    backend: str = "auto"
+    precision: str = "f32"
+    calibration: list[list[str]] | None = None
 
     def model_options(self):
         """The :class:`~medseg.inference.kinds.ModelOptions` these options name.
 
         Raises:
-            MedsegError: an invalid fold list, checkpoint or step size.
+            MedsegError: an invalid fold list, checkpoint, step size, backend or precision.
         """
         from medseg.errors import MedsegError
         from medseg.inference.kinds import ModelOptions
 
         try:
             return ModelOptions(folds=None if self.folds is None else tuple(self.folds), checkpoint=self.checkpoint,
-                                task=self.task, step_size=self.step_size)
+                                task=self.task, step_size=self.step_size, backend=self.backend,
+                                precision=self.precision,
+                                calibration=tuple(tuple(s) for s in self.calibration or ()))
         except ValueError as exc:
             raise MedsegError(f"invalid model option: {exc}") from None
 
     def model_key(self) -> dict[str, Any]:
         """The model options that differ from the defaults (part of a run's configuration key;
-        empty for a plain run, so the keys of earlier output folders stay the same)."""
-        defaults = {"folds": None, "checkpoint": "final", "task": None, "step_size": None}
-        return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+        empty for a plain run, so the keys of earlier output folders stay the same). A backend or
+        precision named explicitly is part of it (labels may differ in a few voxels between
+        backends); int8's calibration studies count by their content hash."""
+        defaults = {"folds": None, "checkpoint": "final", "task": None, "step_size": None, "backend": "auto",
+                    "precision": "f32"}
+        key = {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+        if self.calibration:
+            from medseg.inference.backends import calibration_key
+
+            key["calibration"] = calibration_key(self.calibration)
+        return key
 
 
 @dataclass

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from medseg.cli.app import app, handle_errors, stage
-from medseg.cli.model_options import CHECKPOINT, FOLDS, MODEL_HELP, STEP_SIZE, TASK, describe, model_options
+from medseg.cli.model_options import (
+    BACKEND,
+    CALIBRATE,
+    CHECKPOINT,
+    FOLDS,
+    MODEL_HELP,
+    PRECISION,
+    STEP_SIZE,
+    TASK,
+    describe,
+    model_options,
+)
 
 __all__ = ["batch_command", "schedule_command", "run_batch_flow"]
 
@@ -62,6 +73,9 @@ def _check_inputs(archive: Path, model: Path, options, crf: bool) -> None:
     if not archive.exists():
         raise InputError(archive, "archive does not exist (expected a folder of scans or a manifest CSV)")
     describe(model, options, crf=crf)  # InputError when it is not a model folder of a known kind
+    from medseg.inference.backends import require_backend
+
+    require_backend(options.backend)
 
 
 def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, components: bool, tta: bool, device: str,
@@ -74,7 +88,9 @@ def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, compon
               "dask_address": dask_address, "workers": workers, "verify": verify}
     if options is not None:
         params.update(folds=None if options.folds is None else list(options.folds), checkpoint=options.checkpoint,
-                      task=options.task, step_size=options.step_size)
+                      task=options.task, step_size=options.step_size, backend=options.backend,
+                      precision=options.precision,
+                      calibration=[list(s) for s in options.calibration] if options.calibration else None)
     return params
 
 
@@ -122,13 +138,16 @@ def batch_command(
     checkpoint: str = CHECKPOINT,
     task: Optional[str] = TASK,
     step_size: Optional[float] = STEP_SIZE,
+    backend: str = BACKEND,
+    precision: str = PRECISION,
+    calibrate: Optional[List[Path]] = CALIBRATE,
 ) -> None:
     """Segment the new or changed studies of ARCHIVE once (a Prefect flow run).
 
     Exit code 0 when every study of the archive is done, 3 when some failed (see OUT/failures.csv),
     1 when the run could not start (bad model or options), 4 when another run holds OUT.
     """
-    options = model_options(folds, checkpoint, task, step_size)
+    options = model_options(folds, checkpoint, task, step_size, backend, precision, calibrate)
     _check_inputs(archive, model, options, crf)
     _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
@@ -159,6 +178,9 @@ def schedule_command(
     checkpoint: str = CHECKPOINT,
     task: Optional[str] = TASK,
     step_size: Optional[float] = STEP_SIZE,
+    backend: str = BACKEND,
+    precision: str = PRECISION,
+    calibrate: Optional[List[Path]] = CALIBRATE,
 ) -> None:
     """Serve the batch as a Prefect deployment on a cron schedule (needs `prefect server start`).
 
@@ -167,7 +189,7 @@ def schedule_command(
     """
     from medseg.errors import MedsegError
 
-    options = model_options(folds, checkpoint, task, step_size)
+    options = model_options(folds, checkpoint, task, step_size, backend, precision, calibrate)
     _check_inputs(archive, model, options, crf)
     _prefect_env()
     from prefect.client.schemas.schedules import CronSchedule

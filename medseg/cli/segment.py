@@ -11,7 +11,18 @@ from typing import List, Optional
 import typer
 
 from medseg.cli.app import app, handle_errors, stage
-from medseg.cli.model_options import CHECKPOINT, FOLDS, MODEL_HELP, STEP_SIZE, TASK, describe, model_options
+from medseg.cli.model_options import (
+    BACKEND,
+    CALIBRATE,
+    CHECKPOINT,
+    FOLDS,
+    MODEL_HELP,
+    PRECISION,
+    STEP_SIZE,
+    TASK,
+    describe,
+    model_options,
+)
 from medseg.errors import MedsegError
 
 __all__ = ["segment"]
@@ -44,6 +55,9 @@ def segment(
     checkpoint: str = CHECKPOINT,
     task: Optional[str] = TASK,
     step_size: Optional[float] = STEP_SIZE,
+    backend: str = BACKEND,
+    precision: str = PRECISION,
+    calibrate: Optional[List[Path]] = CALIBRATE,
 ) -> None:
     """Segment the study INPUT... with MODEL and write OUTPUT (exactly the input's shape and affine)."""
     from medseg.errors import InputError
@@ -66,7 +80,7 @@ def segment(
             from medseg.io.files import missing_problem
 
             raise InputError(path, missing_problem(path))
-    options_m = model_options(folds, checkpoint, task, step_size)
+    options_m = model_options(folds, checkpoint, task, step_size, backend, precision, calibrate)
     # the model folder's kind, channels and labels from its configuration, before torch loads
     info = describe(model, options_m, crf=crf, probabilities=probabilities is not None)
     n = len(info.channels)
@@ -84,6 +98,7 @@ def segment(
         if isinstance(exc, MedsegError):
             raise
         raise MedsegError(str(exc)) from None
+    stage(f"network on {predictor.backend}")
     prediction = segment_file(inputs, predictor, output, options=options, volumes_path=volumes,
                               probabilities_path=probabilities, series_uid=series, progress=stage)
     t = prediction.timings

@@ -21,6 +21,9 @@ Every predictor, whatever its kind, has the same surface, which is all the study
 - ``info``: its :class:`ModelInfo`;
 - ``label_names``: ``{class id: name}`` (background excluded);
 - ``runtime``: its :class:`~medseg.runtime.Runtime` (``device`` = ``runtime.device``);
+- ``use_backend(backend, precision, *, calibration=())``: compile its networks for a backend
+  with :func:`medseg.inference.backends.compile_network` (one call per network, on its
+  fixed-shape window batch); ``backend``: what runs them, e.g. ``"openvino bf16"``;
 - ``predict(images, *, tta=None, keep_probabilities=None) -> Prediction`` with the labels on the
   input's exact grid and ``Prediction.probabilities()`` on the input grid when kept.
 """
@@ -51,14 +54,25 @@ class ModelOptions:
             a TotalSegmentator weights folder, refused for other kinds.
         step_size: sliding-window step as a fraction of the window (nnU-Net's ``tile_step_size``,
             default 0.5 there); for medseg models ``1 - overlap``.
+        backend: what runs the network: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``
+            (:mod:`medseg.inference.backends`).
+        precision: ``f32``, ``bf16`` or ``int8`` (int8: OpenVINO with NNCF quantisation).
+        calibration: the studies int8 is calibrated on, each a tuple of channel paths (or a
+            DICOM folder); required for int8, refused otherwise.
     """
 
     folds: tuple[int, ...] | None = None
     checkpoint: str = "final"
     task: str | None = None
     step_size: float | None = None
+    backend: str = "auto"
+    precision: str = "f32"
+    calibration: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
+        from medseg.inference.backends import check_backend
+
+        check_backend(self.backend, self.precision, bool(self.calibration))
         if self.checkpoint not in ("final", "best"):
             raise ValueError(f"checkpoint must be 'final' or 'best', not {self.checkpoint!r}")
         if self.step_size is not None and not 0.0 < float(self.step_size) <= 1.0:
@@ -163,7 +177,8 @@ def load_predictor(path: str | Path, *, options: ModelOptions | None = None, dev
     """Load the model folder ``path`` (any kind) once into a predictor (see the module docstring).
 
     Args:
-        options: folds, checkpoint, task and step size (:class:`ModelOptions`).
+        options: folds, checkpoint, task, step size, backend, precision and calibration
+            studies (:class:`ModelOptions`).
         device, autocast, num_threads: as :func:`medseg.runtime.resolve_runtime`.
         tta: mirror test-time augmentation by default.
         overlap: window overlap fraction (``1 - step_size``; give one of the two).
@@ -171,12 +186,19 @@ def load_predictor(path: str | Path, *, options: ModelOptions | None = None, dev
 
     Raises:
         InputError: not a loadable model folder (one line naming the file and the problem).
+        BackendError: a backend named explicitly that is not installed or cannot run with
+            ``device``/``autocast``.
     """
+    from medseg.inference.backends import require_backend
+
     if overlap is not None and options is not None and options.step_size is not None:
         raise ValueError("give the window overlap or the step size, not both")
     module, options = _kind_module(path, options)
-    return module.load(Path(path), options, device=device, autocast=autocast, tta=tta, overlap=overlap,
-                              window_batch=window_batch, num_threads=num_threads)
+    require_backend(options.backend)
+    predictor = module.load(Path(path), options, device=device, autocast=autocast, tta=tta, overlap=overlap,
+                            window_batch=window_batch, num_threads=num_threads)
+    predictor.use_backend(options.backend, options.precision, calibration=options.calibration)
+    return predictor
 
 
 def model_files(path: str | Path, options: ModelOptions | None = None) -> list[Path]:

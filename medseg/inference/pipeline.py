@@ -219,7 +219,8 @@ def cached_predictor(model_dir: str | Path, *, device: str = "auto", autocast: s
     loaded again. One model is kept per process.
 
     Args:
-        options: :class:`~medseg.inference.kinds.ModelOptions` (folds, checkpoint, task, step size).
+        options: :class:`~medseg.inference.kinds.ModelOptions` (folds, checkpoint, task, step size,
+            backend, precision, calibration studies).
 
     Raises:
         InputError: not a loadable model folder.

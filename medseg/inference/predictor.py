@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -191,9 +190,11 @@ class Predictor:
     Build it with :meth:`from_model_dir` (a model directory, loaded once), or directly around a
     network already on ``runtime.device`` (the trainer validates this way). The caller sets the
     network's mode: :meth:`from_model_dir` puts it in eval mode at load; :meth:`predict` never
-    changes it. Windows run on ``runtime.device`` (GPU or CPU) under ``runtime``'s autocast,
-    stitching and resampling on the CPU; :meth:`predict` and :meth:`window_scores` run inside
-    ``runtime.activate()`` (its CPU threads, the caller's count restored afterwards).
+    changes it. Windows run through :attr:`forward`: the network on ``runtime.device`` (GPU or
+    CPU) under ``runtime``'s autocast, or after :meth:`use_backend` the network compiled for
+    OpenVINO or ONNX Runtime (:mod:`medseg.inference.backends`); stitching and resampling on the
+    CPU. :meth:`predict` and :meth:`window_scores` run inside ``runtime.activate()`` (its CPU
+    threads, the caller's count restored afterwards).
 
     Args:
         net: ``nn.Module`` mapping ``(B, C, *patch)`` to logits ``(B, K, *patch)`` (2D or 3D, as in
@@ -233,6 +234,47 @@ class Predictor:
         self.window = self._window_shape(plans)
         self._importance = gaussian_importance(self.window)
         self._importance_t = None  # on the device, made on first use
+        from medseg.inference.backends import torch_forward
+
+        self.forward = torch_forward(net, runtime)
+
+    def use_backend(self, backend: str = "auto", precision: str = "f32", *,
+                    calibration: Sequence[Sequence[str | Path]] = ()):
+        """Run the windows on ``backend`` at ``precision`` from now on (see
+        :func:`medseg.inference.backends.compile_network`; conversions are cached).
+
+        Args:
+            backend: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``.
+            precision: ``f32``, ``bf16`` or ``int8``.
+            calibration: for ``int8``: studies (each a sequence of channel paths) whose windows,
+                preprocessed as the model's input, calibrate the quantisation.
+
+        Returns:
+            the :class:`~medseg.inference.backends.Forward` now in use (also :attr:`forward`).
+        """
+        from medseg.inference.backends import CALIBRATION_WINDOWS, calibration_key, calibration_windows, compile_network
+
+        slice_dim = 2 + int(self.plans.inference.slice_axis) if self.is_2d else None
+        net_window = tuple(w for d, w in enumerate(self.window) if d + 2 != slice_dim)
+        windows = None
+        if calibration:
+            def cut():
+                from medseg.io import read_channels
+
+                images = (preprocess_case(read_channels(list(s)), self.plans.preprocess).image for s in calibration)
+                for w in calibration_windows(images, self.window, -(-CALIBRATION_WINDOWS // len(calibration))):
+                    yield w if slice_dim is None else w.squeeze(slice_dim)
+            windows = cut
+        self.forward = compile_network(
+            self.net, input_shape=(self.window_batch, self.plans.model.in_channels) + net_window, runtime=self.runtime,
+            backend=backend, precision=precision, calibration=windows,
+            calibration_id=calibration_key(calibration) if calibration else None)
+        return self.forward
+
+    @property
+    def backend(self) -> str:
+        """What runs the windows, e.g. ``"openvino bf16"`` (:meth:`Forward.describe`)."""
+        return self.forward.describe()
 
     @staticmethod
     def _window_shape(plans: ModelPlans) -> tuple[int, int, int]:
@@ -259,22 +301,30 @@ class Predictor:
     def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", autocast: str = "none",
                        tta: bool = False, overlap: float | None = None, window_batch: int = 2,
                        num_threads: int | None = None, folds: Sequence[int] | None = None,
-                       checkpoint: str = "final", task: str | None = None, step_size: float | None = None):
+                       checkpoint: str = "final", task: str | None = None, step_size: float | None = None,
+                       backend: str = "auto", precision: str = "f32",
+                       calibration: Sequence[Sequence[str | Path]] = ()):
         """Load a model folder of any kind (:mod:`medseg.inference.kinds`: medseg, nnU-Net v2,
         TotalSegmentator with ``task``, MONAI bundle) once.
 
-        ``folds``, ``checkpoint``, ``task`` and ``step_size`` are
-        :class:`~medseg.inference.kinds.ModelOptions`; the other arguments are those of
-        :meth:`load_own_model`. Returns a predictor with this class's ``predict`` surface.
+        ``folds``, ``checkpoint``, ``task``, ``step_size``, ``backend``, ``precision`` and
+        ``calibration`` are :class:`~medseg.inference.kinds.ModelOptions`; the other arguments are
+        those of :meth:`load_own_model`. Returns a predictor with this class's ``predict`` surface.
 
         Raises:
             InputError: not a loadable model folder.
+            ValueError: an unknown backend or precision, int8 without calibration studies.
+            BackendError: a backend named explicitly that is not installed.
         """
+        from medseg.inference.backends import check_backend
         from medseg.inference.kinds import ModelOptions, load_predictor
 
+        calibration = tuple(tuple(str(p) for p in study) for study in calibration)
+        check_backend(backend, precision, bool(calibration))
         try:
             options = ModelOptions(folds=None if folds is None else tuple(int(f) for f in folds),
-                                   checkpoint=checkpoint, task=task, step_size=step_size)
+                                   checkpoint=checkpoint, task=task, step_size=step_size, backend=backend,
+                                   precision=precision, calibration=calibration)
         except ValueError as exc:
             raise InputError(model_dir, str(exc)) from None
         return load_predictor(model_dir, options=options, device=device, autocast=autocast, tta=tta,
@@ -362,14 +412,6 @@ class Predictor:
 
     # ---- windows -------------------------------------------------------------------------
 
-    def _flip_sets(self, tta: bool) -> list[tuple[int, ...]]:
-        """Tensor dims to flip (of ``(B, C, *spatial)`` as seen by the network) for each TTA pass."""
-        n = self.plans.model.spatial_dims
-        dims = tuple(range(2, 2 + n))
-        if not tta:
-            return [()]
-        return [c for r in range(n + 1) for c in itertools.combinations(dims, r)]
-
     def window_scores(self, batch: np.ndarray, *, tta: bool | None = None) -> np.ndarray:
         """Network on a batch of windows: ``(B, C, px, py, pz)`` → softmax ``(B, K, px, py, pz)``
         float32 multiplied by the Gaussian window weights (computed on the device)."""
@@ -389,19 +431,11 @@ class Predictor:
         if self.is_2d:
             slice_dim = 2 + int(self.plans.inference.slice_axis)
             x = x.squeeze(slice_dim)
-        flips = self._flip_sets(tta)
-        total = None
+        from medseg.inference.mirroring import flip_sets, mirrored_mean
+
         with torch.inference_mode():
-            for dims in flips:
-                xin = torch.flip(x, dims) if dims else x
-                with self.runtime.autocast():
-                    logits = self.net(xin)
-                probs = torch.softmax(logits.float(), dim=1)
-                if dims:
-                    probs = torch.flip(probs, dims)
-                total = probs if total is None else total.add_(probs)
-            if len(flips) > 1:
-                total.div_(len(flips))
+            flips = flip_sets(range(2, 2 + self.plans.model.spatial_dims), tta)
+            total = mirrored_mean(self.forward, x, flips, lambda logits: torch.softmax(logits, dim=1))
             if slice_dim is not None:
                 total = total.unsqueeze(slice_dim)
             total.mul_(self._importance_t)

@@ -120,7 +120,9 @@ def test_tta_averages_mirrored_windows(phantom_archive, phantom_predictor):
     import torch
 
     p = phantom_predictor
-    flips = p._flip_sets(True)
+    from medseg.inference.mirroring import flip_sets
+
+    flips = flip_sets(range(2, 5), True)
     assert len(flips) == 8 and () in flips
     rng = np.random.default_rng(3)
     batch = rng.random((1, 1) + p.window).astype(np.float32)
@@ -189,11 +191,12 @@ def test_threads_are_the_runtimes_inside_predict_and_the_callers_outside(phantom
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        predictor = Predictor.from_model_dir(phantom_model, device="cpu", num_threads=1)
+        predictor = Predictor.from_model_dir(phantom_model, device="cpu", num_threads=1, backend="torch")
         assert torch.get_num_threads() == 3  # loading sets nothing process-wide
         plain = predictor.predict(image).labels.array
         recorder = _thread_recorder(predictor.net)
         predictor.net = recorder
+        predictor.use_backend("torch")
         pred = predictor.predict(image, keep_probabilities=True)
         assert recorder.seen and set(recorder.seen) == {1}
         assert torch.get_num_threads() == 3

@@ -20,7 +20,6 @@ the bundle), with medseg's streamed machinery where it does the same thing:
 
 from __future__ import annotations
 
-import itertools
 import time
 import warnings
 from dataclasses import dataclass
@@ -385,6 +384,36 @@ class BundlePredictor:
         self.window: SlidingWindow = spec.window
         self._importance = monai_importance(spec.window.roi_size, spec.window.mode, spec.window.sigma_scale)
         self._importance_t = None
+        from medseg.inference.backends import torch_forward
+
+        self.forward = torch_forward(net, runtime)
+
+    def use_backend(self, backend: str = "auto", precision: str = "f32", *, calibration=()):
+        """Run the windows on ``backend`` at ``precision`` from now on (see
+        :func:`medseg.inference.backends.compile_network`); ``calibration``: for ``int8``, studies
+        (each a sequence of channel paths) whose windows, after the bundle's preprocessing,
+        calibrate the quantisation."""
+        from medseg.inference.backends import CALIBRATION_WINDOWS, calibration_key, calibration_windows, compile_network
+
+        roi = tuple(int(r) for r in self.spec.window.roi_size)
+        windows = None
+        if calibration:
+            def cut():
+                from medseg.io import read_channels
+
+                images = (preprocess_bundle(read_channels(list(s)), self.spec)[0] for s in calibration)
+                yield from calibration_windows(images, roi, -(-CALIBRATION_WINDOWS // len(calibration)))
+            windows = cut
+        self.forward = compile_network(
+            self.net, input_shape=(self.window_batch, len(self.spec.channels)) + roi, runtime=self.runtime,
+            backend=backend, precision=precision, calibration=windows,
+            calibration_id=calibration_key(calibration) if calibration else None)
+        return self.forward
+
+    @property
+    def backend(self) -> str:
+        """What runs the windows, e.g. ``"openvino bf16"``."""
+        return self.forward.describe()
 
     @property
     def info(self):
@@ -408,18 +437,10 @@ class BundlePredictor:
         if self._importance_t is None:
             self._importance_t = torch.from_numpy(self._importance).to(dev)
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(dev)
-        flips = [()] if not tta else [c for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
-        total = None
+        from medseg.inference.mirroring import flip_sets, mirrored_mean
+
         with torch.inference_mode():
-            for dims in flips:
-                with self.runtime.autocast():
-                    out = self.net(torch.flip(x, dims) if dims else x)
-                out = out.float()
-                if dims:
-                    out = torch.flip(out, dims)
-                total = out if total is None else total.add_(out)
-            if len(flips) > 1:
-                total.div_(len(flips))
+            total = mirrored_mean(self.forward, x, flip_sets((2, 3, 4), tta))
             total.mul_(self._importance_t)
             return total.cpu().numpy()
 

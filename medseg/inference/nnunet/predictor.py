@@ -20,7 +20,6 @@ the whole grid and resamples them all at once.
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Sequence
 
@@ -77,6 +76,52 @@ class NnunetPredictor:
         self.model_dir = str(config.folder)
         self.n_classes = config.n_heads
         self.numerics = numerics
+        from medseg.inference.backends import torch_forward
+
+        self.forwards = [torch_forward(net, runtime) for net in self.nets]
+
+    def use_backend(self, backend: str = "auto", precision: str = "f32", *,
+                    calibration: Sequence[Sequence[str]] = ()):
+        """Run every fold's network on ``backend`` at ``precision`` from now on (one compiled
+        network per fold; see :func:`medseg.inference.backends.compile_network`).
+
+        ``calibration``: for ``int8``, studies (each a sequence of channel paths, in
+        ``dataset.json``'s order) whose windows, after nnU-Net's preprocessing, calibrate every fold.
+
+        Returns:
+            the :class:`~medseg.inference.backends.Forward` of each fold (also :attr:`forwards`).
+        """
+        from medseg.inference.backends import CALIBRATION_WINDOWS, calibration_key, calibration_windows, compile_network
+
+        cfg = self.config
+        patch = tuple(int(p) for p in cfg.patch_size)
+        window = patch if not cfg.is_2d else (1,) + patch
+        windows = None
+        if calibration:
+            def cut():
+                from medseg.io import read_channels
+                from medseg.io.volume import stated_spacing
+
+                def images():
+                    for sources in calibration:
+                        vols = read_channels(list(sources))
+                        spacing_nn = [float(s) for s in stated_spacing(vols[0])[::-1]]
+                        yield preprocess([np.asarray(v.array).transpose(2, 1, 0) for v in vols], spacing_nn, cfg).data
+
+                for w in calibration_windows(images(), window, -(-CALIBRATION_WINDOWS // len(calibration))):
+                    yield w.squeeze(2) if cfg.is_2d else w
+            windows = cut
+        key = calibration_key(calibration) if calibration else None
+        self.forwards = [compile_network(net, input_shape=(self.window_batch, len(cfg.channels)) + patch,
+                                         runtime=self.runtime, backend=backend, precision=precision,
+                                         calibration=windows, calibration_id=key) for net in self.nets]
+        return self.forwards
+
+    @property
+    def backend(self) -> str:
+        """What runs the windows, e.g. ``"openvino f32"`` (each fold's when they differ)."""
+        shown = [f.describe() for f in self.forwards]
+        return shown[0] if len(set(shown)) == 1 else "; ".join(f"fold {k}: {d}" for k, d in zip(self.folds, shown))
 
     @property
     def device(self):
@@ -88,37 +133,19 @@ class NnunetPredictor:
 
     # ---- windows ---------------------------------------------------------------------------
 
-    def _mirror_sets(self, tta: bool) -> list[tuple[int, ...]]:
-        """Tensor dims (of ``(B, C, *patch)``) to flip for each pass: nnU-Net's combinations."""
-        if not tta or not self.mirror_axes:
-            return [()]
-        dims = [a + 2 for a in self.mirror_axes]
-        return [()] + [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
+    def _fold_logits(self, forward, x, tta: bool):
+        """nnU-Net's mirrored mean of one fold's logits over the checkpoint's mirroring axes,
+        ``(B, K, *patch)`` float32."""
+        from medseg.inference.mirroring import flip_sets, mirrored_mean
 
-    def _fold_logits(self, net, x, tta: bool):
-        """nnU-Net's mirrored mean of one network's logits, ``(B, K, *patch)`` float32."""
-        import torch
-
-        flips = self._mirror_sets(tta)
-        total = None
-        for dims in flips:
-            xin = torch.flip(x, dims) if dims else x
-            with self.runtime.autocast():
-                out = net(xin)
-            out = out.float()
-            if dims:
-                out = torch.flip(out, dims)
-            total = out if total is None else total.add_(out)
-        if len(flips) > 1:
-            total.div_(len(flips))
-        return total
+        return mirrored_mean(forward, x, flip_sets([a + 2 for a in self.mirror_axes or ()], tta))
 
     def _logits(self, x, tta: bool, per_fold: bool = False):
         """Logits of a window batch: the mean over folds ``(B, K, *patch)``, or with ``per_fold``
         every fold's, fold after fold along the channels ``(B, F·K, *patch)``."""
         import torch
 
-        outs = [self._fold_logits(net, x, tta) for net in self.nets]
+        outs = [self._fold_logits(forward, x, tta) for forward in self.forwards]
         if per_fold:
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         total = outs[0]

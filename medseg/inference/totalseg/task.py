@@ -184,6 +184,17 @@ class TaskPredictor:
         info = _info(spec, results, part_options, [p.info for p in predictors])
         return cls(spec, list(zip(spec.parts, predictors)), info, tta=tta)
 
+    def use_backend(self, backend: str = "auto", precision: str = "f32", *, calibration=()):
+        """Run every part model's windows on ``backend`` at ``precision`` (each part's
+        :meth:`~medseg.inference.nnunet.predictor.NnunetPredictor.use_backend`)."""
+        return [predictor.use_backend(backend, precision, calibration=calibration) for _, predictor in self.parts]
+
+    @property
+    def backend(self) -> str:
+        """What runs the windows of the part models (e.g. ``"openvino f32"``)."""
+        shown = sorted({predictor.backend for _, predictor in self.parts})
+        return "; ".join(shown)
+
     @property
     def label_names(self) -> dict[int, str]:
         return dict(self.spec.labels)

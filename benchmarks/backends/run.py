@@ -1,0 +1,184 @@
+"""Backends benchmark: whole `medseg segment` commands on torch fp32, OpenVINO f32/bf16/int8 and
+ONNX Runtime f32, side by side and interleaved.
+
+Each run is its own process (``benchmarks/inference/_peak.py``: wall and CPU seconds, peak RSS
+of the one child), every backend on the same model, input and window settings, 2 threads
+(``MEDSEG_THREADS=2``). Before the measured rounds, one untimed run per converted backend fills
+the conversion cache (``MEDSEG_CACHE_DIR`` under ``_work``) and its time is reported as the
+first-run cost; the measured runs then read the cache, as every later run of a user does. Labels
+are compared with the torch fp32 run's, voxel by voxel. The 1-minute load average is recorded
+before and after each run (the machine is shared).
+
+    python benchmarks/backends/run.py                  # full: demo model + wide U-Net on 512x512x300
+    python benchmarks/backends/run.py --short          # the wide U-Net on 256x256x150, 1 round
+
+Cases:
+
+- ``demo``: the demo's U-Net (8-16-32-64, trained 300 steps on phantoms, as the tests' model) on
+  an unseen oblique phantom; int8 calibrated on two other phantoms;
+- ``wide``: a wide 3D U-Net (16-32-64-128-256, 2 residual units, 20 classes, random weights,
+  96³ windows, 1.5 mm network grid) over a 512×512×300 CT-sized phantom (0.8×0.8×1.5 mm; with
+  ``--short`` 256×256×150); int8 calibrated on a second phantom of the same size.
+
+Writes ``results.json`` (or ``results_short.json``) beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+WORK = HERE / "_work"
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MEDSEG_THREADS": "2", "MEDSEG_CACHE_DIR": str(WORK / "cache")}
+PEAK = ROOT / "benchmarks" / "inference" / "_peak.py"
+
+VARIANTS = {  # name -> extra `medseg segment` arguments
+    "torch f32": ["--backend", "torch"],
+    "openvino f32": ["--backend", "openvino"],
+    "openvino bf16": ["--backend", "openvino", "--precision", "bf16"],
+    "openvino int8": ["--backend", "openvino", "--precision", "int8"],
+    "onnxruntime f32": ["--backend", "onnxruntime"],
+}
+
+
+def measure(cmd: list) -> dict:
+    """``cmd`` in its own process: wall/CPU seconds, peak RSS, and the load average around it."""
+    load_before = os.getloadavg()[0]
+    r = subprocess.run([PY, str(PEAK), "--floor-mb", "1500", "--", *map(str, cmd)], capture_output=True, text=True,
+                       env=ENV)
+    if r.returncode != 0:
+        raise RuntimeError(f"wrapper failed: {r.stderr[-2000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if out["returncode"] != 0 or out["stopped"]:
+        raise RuntimeError(f"{cmd[:6]} failed: {out['stopped'] or out['stderr_tail']}")
+    out.pop("stderr_tail", None)
+    out["load_before"], out["load_after"] = load_before, os.getloadavg()[0]
+    return out
+
+
+def segment(inp: Path, model: Path, out: Path, variant: str, calibrate: Path) -> list:
+    extra = list(VARIANTS[variant])
+    if "int8" in variant:
+        extra += ["--calibrate", str(calibrate)]
+    return [PY, "-m", "medseg", "segment", inp, "--model", model, "-o", out, "--device", "cpu", *extra]
+
+
+def run_case(name: str, inp: Path, model: Path, calibrate: Path, rounds: int) -> dict:
+    from medseg.io import read_volume
+
+    outs = {v: WORK / f"{name}_{v.replace(' ', '_')}.nii.gz" for v in VARIANTS}
+    first = {}
+    for v in VARIANTS:  # fill the conversion cache; the first run's cost, once
+        if v != "torch f32":
+            first[v] = measure(segment(inp, model, outs[v], v, calibrate))
+            print(f"[{name}] first run (converts) {v}: {first[v]['wall_s']:.1f} s", flush=True)
+    runs: dict[str, list] = {v: [] for v in VARIANTS}
+    for r in range(rounds):  # interleaved: load on the shared machine hits every backend alike
+        order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
+        for v in order:
+            runs[v].append(measure(segment(inp, model, outs[v], v, calibrate)))
+            print(f"[{name}] round {r + 1} {v}: {runs[v][-1]['wall_s']:.1f} s, "
+                  f"{runs[v][-1]['peak_rss_mb']:.0f} MB, load {runs[v][-1]['load_before']:.1f}", flush=True)
+    ref = read_volume(outs["torch f32"])
+    res: dict = {"input": str(inp), "shape": list(ref.shape), "rounds": rounds, "variants": {}}
+    torch_best = min(x["wall_s"] for x in runs["torch f32"])
+    for v in VARIANTS:
+        labels = read_volume(outs[v])
+        best = min(runs[v], key=lambda x: x["wall_s"])
+        res["variants"][v] = {
+            "best_wall_s": best["wall_s"], "median_wall_s": statistics.median(x["wall_s"] for x in runs[v]),
+            "cpu_s": best["cpu_s"], "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[v]),
+            "speedup_vs_torch_f32": torch_best / best["wall_s"],
+            "label_agreement_vs_torch_f32": float((labels.array == ref.array).mean()),
+            "same_grid": bool(labels.shape == ref.shape and np.allclose(labels.affine, ref.affine)),
+            "first_run_wall_s": first[v]["wall_s"] if v in first else None,
+            "load_average_1min": [x["load_before"] for x in runs[v]] + [runs[v][-1]["load_after"]]}
+    print(f"[{name}] {json.dumps(res['variants'], indent=1)}", flush=True)
+    return res
+
+
+def demo_case() -> tuple[Path, Path, Path]:
+    """The tests' phantom U-Net (the demo's architecture), an unseen phantom, a calibration phantom."""
+    from medseg.training import quick_train_phantom_model
+
+    root = WORK / "quick_phantom"
+    if not (root / "model" / "model.pt").is_file():
+        quick_train_phantom_model(root, steps=300, seed=0)
+    images = root / "phantoms" / "images"
+    return images / "phantom_003.nii.gz", root / "model", images / "phantom_000.nii.gz"
+
+
+def wide_case(shape: tuple[int, int, int]) -> tuple[Path, Path, Path]:
+    """A CT-sized phantom, a second one for calibration, and the wide U-Net (random weights)."""
+    import torch
+
+    from medseg.io import write_volume
+    from medseg.models import create_model
+    from medseg.phantoms import make_phantom
+    from medseg.plans import InferenceDefaults, ModelPlans, ModelSpec, save_plans
+    from medseg.preprocess import IntensityConfig, PreprocessConfig
+
+    tag = "x".join(map(str, shape))
+    image, calib = WORK / f"ct_{tag}.nii.gz", WORK / f"ct_{tag}_calibration.nii.gz"
+    for seed, path in ((11, image), (12, calib)):
+        if not path.exists():
+            write_volume(make_phantom(seed, shape=shape, spacing=(0.8, 0.8, 1.5), n_tumours=3).image, path)
+    model = WORK / "wide_unet"
+    if not (model / "model.pt").is_file():
+        options = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}
+        torch.manual_seed(0)
+        net = create_model("unet", 3, 1, 20, **options)
+        model.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), model / "model.pt")
+        save_plans(ModelPlans(model=ModelSpec(name="unet", spatial_dims=3, in_channels=1, out_channels=20,
+                                              options=options),
+                              preprocess=PreprocessConfig(target_spacing=(1.5, 1.5, 1.5),
+                                                          intensity=[IntensityConfig(kind="ct", window=(-200, 300))]),
+                              inference=InferenceDefaults(patch_size=(96, 96, 96), overlap=0.25),
+                              labels={i: f"class_{i}" for i in range(1, 20)}), model)
+    return image, model, calib
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="the wide U-Net on 256x256x150, one round")
+    parser.add_argument("--rounds", type=int, default=None, help="measured rounds per case (default 2; --short 1)")
+    parser.add_argument("--cases", nargs="+", default=None, choices=["demo", "wide"])
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    WORK.mkdir(parents=True, exist_ok=True)
+    rounds = args.rounds or (1 if args.short else 2)
+    cases = args.cases or (["wide"] if args.short else ["demo", "wide"])
+    import openvino
+    import torch
+
+    results: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                                 "threads": 2, "torch": torch.__version__, "openvino": openvino.get_version(),
+                                 "load_average_at_start": os.getloadavg()},
+                     "short": args.short, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cases": {}}
+    out = HERE / ("results_short.json" if args.short else "results.json")
+    for case in cases:
+        if case == "demo":
+            inp, model, calib = demo_case()
+        else:
+            inp, model, calib = wide_case((256, 256, 150) if args.short else (512, 512, 300))
+        results["cases"][case] = run_case(case, inp, model, calib, rounds)
+        results["machine"]["load_average_at_end"] = os.getloadavg()
+        out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
