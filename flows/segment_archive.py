@@ -31,7 +31,7 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
                     tta: bool = False, device: str = "auto", dask_address: str | None = None,
                     workers: int = 0, verify: bool = False, folds: list[int] | None = None,
                     checkpoint: str = "final", task: str | None = None,
-                    step_size: float | None = None) -> dict[str, Any]:
+                    step_size: float | None = None, resample_tilt: bool = False) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
 
     Args:
@@ -52,11 +52,13 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
             and inode keeps its recorded hash).
         folds, checkpoint, task, step_size: how to run the model folder
             (:class:`~medseg.inference.kinds.ModelOptions`).
+        resample_tilt: resample gantry-tilted DICOM stacks onto a regular grid instead of
+            failing them.
 
     Returns:
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
     """
     options = BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta, folds=folds,
-                           checkpoint=checkpoint, task=task, step_size=step_size)
+                           checkpoint=checkpoint, task=task, step_size=step_size, resample_tilt=resample_tilt)
     job = SegmentJob(archive, model_dir, options, device)
     return run_job(job, out_dir, runner=PrefectRunner(make_task_runner(dask_address, workers)), verify=verify)

@@ -7,7 +7,7 @@ mosaic, mixed orientations, 4D data, multi-frame files without per-frame positio
 the frames along the slice normal, ascending, as ITK and rt-utils order them: frame ``k`` of the
 returned list is slice ``k`` of the volume. :func:`check_positions` refuses missing slices,
 uneven spacing and irregular in-plane offsets, and measures a gantry tilt (slice positions
-sheared away from the normal). :func:`resample_tilt` moves a sheared stack onto a regular grid
+sheared away from the normal). :func:`unshear_stack` moves a sheared stack onto a regular grid
 with its true geometry. :func:`series_provenance` gives the UIDs and patient/study tags a derived
 object (DICOM-SEG, RTSTRUCT) refers to.
 
@@ -39,7 +39,7 @@ __all__ = [
     "stack_frames",
     "check_positions",
     "stack_affine_lps",
-    "resample_tilt",
+    "unshear_stack",
     "series_provenance",
 ]
 
@@ -324,7 +324,7 @@ def stack_affine_lps(frames: list[DicomFrame], step_mm: float) -> np.ndarray:
     return affine
 
 
-def resample_tilt(array: np.ndarray, frames: list[DicomFrame], geometry: StackGeometry) -> np.ndarray:
+def unshear_stack(array: np.ndarray, frames: list[DicomFrame], geometry: StackGeometry) -> np.ndarray:
     """Move the slices of a sheared stack onto the regular grid of :func:`stack_affine_lps`.
 
     Slice ``k`` of ``array`` (``(I, J, K)``: column, row, slice index) holds the plane through
@@ -381,7 +381,7 @@ def series_provenance(source: str | Path, frames: list[DicomFrame], headers: dic
     """
     from pydicom.uid import generate_uid
 
-    source = str(source)
+    shown = str(source)
     first = headers[frames[0].file]
     from_meta: set[str] = set()
     generated: dict[str, str] = {}
@@ -402,7 +402,8 @@ def series_provenance(source: str | Path, frames: list[DicomFrame], headers: dic
             cls = _meta_uid(ds, "MediaStorageSOPClassUID")
             if cls:
                 from_meta.add("SOPClassUID")
-        instances.append({"sop_instance_uid": sop, "sop_class_uid": cls, "file": fr.file, "frame": fr.frame,
+        instances.append({"sop_instance_uid": sop, "sop_class_uid": cls, "file": str(Path(fr.file).absolute()),
+                          "frame": fr.frame,
                           "position": [float(v) for v in fr.position]})
 
     tags = {kw: _text(first, kw) for kw in PROVENANCE_TAGS}
@@ -431,17 +432,17 @@ def series_provenance(source: str | Path, frames: list[DicomFrame], headers: dic
         keys = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
                 if k in generated]
         what = "; ".join(f"{k} {generated[k]}" for k in keys)
-        warnings.append(f"{source}: empty {', '.join(keys)} in the DICOM files: generated deterministically "
+        warnings.append(f"{shown}: empty {', '.join(keys)} in the DICOM files: generated deterministically "
                         f"({what}), the same on every read")
     if "" in classes:
-        warnings.append(f"{source}: empty SOPClassUID in the DICOM files and their file meta: derived objects "
+        warnings.append(f"{shown}: empty SOPClassUID in the DICOM files and their file meta: derived objects "
                         "cannot refer to these images")
     for w in warnings:
         _LOG.warning("%s", w)
     if from_meta:
-        _LOG.info("%s: empty %s in the datasets, taken from the file meta", source, ", ".join(sorted(from_meta)))
+        _LOG.info("%s: empty %s in the datasets, taken from the file meta", shown, ", ".join(sorted(from_meta)))
     return {
-        "series_dir": source,
+        "series_dir": str(Path(source).absolute()),
         "study_instance_uid": study_uid,
         "series_instance_uid": series_uid,
         "frame_of_reference_uid": frame_uid,

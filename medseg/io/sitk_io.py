@@ -23,10 +23,10 @@ from medseg.io.dicom import (
     DicomFrame,
     check_positions,
     read_dicom_headers,
-    resample_tilt,
     series_provenance,
     stack_affine_lps,
     stack_frames,
+    unshear_stack,
 )
 from medseg.io.files import detached_data_files
 from medseg.io.limits import MAX_DEFLATE_RATIO, check_image_size
@@ -37,6 +37,7 @@ __all__ = [
     "DicomSeries",
     "dicom_provenance",
     "is_dicom_file",
+    "is_multiframe_dicom",
     "list_dicom_series",
     "read_dicom_series",
     "read_sitk_file",
@@ -367,6 +368,19 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def is_multiframe_dicom(path: str | Path) -> bool:
+    """True for a DICOM file holding several frames (NumberOfFrames > 1: enhanced CT/MR), read
+    from its header; False for anything else, including files that cannot be parsed."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        return int(ds.get("NumberOfFrames", 1) or 1) > 1
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+        return False
+
+
 def _tag(reader, key: str) -> str:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
@@ -473,6 +487,10 @@ def _choose_series(folder: Path, series_uid: str | None) -> DicomSeries:
     series = list_dicom_series(folder)
     _check_readable_files(folder, series)
     if not series:
+        dicom = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and is_dicom_file(f)]
+        if dicom:
+            raise InputError(folder, f"{len(dicom)} DICOM file(s) but no image among them (no Pixel Data: reports, "
+                             "presentation states or stripped headers): no series to read")
         raise InputError(folder, "no DICOM series found in this folder")
     if series_uid is not None:
         match = [s for s in series if s.uid == series_uid]
@@ -510,14 +528,14 @@ def dicom_provenance(series_dir: str | Path, series_uid: str | None = None) -> d
     volume read from it (which adds ``n_files`` and ``tilt_deg``/``tilt_resampled``).
 
     Keys:
-        ``series_dir`` (str): the folder (or multi-frame file) as given.
+        ``series_dir`` (str): the folder (or multi-frame file), absolute path.
         ``study_instance_uid``, ``series_instance_uid``, ``frame_of_reference_uid`` (str): the
             series' UIDs; generated when empty in the files (see ``generated``).
         ``sop_class_uid`` (str): SOPClassUID of the first instance.
         ``modality`` (str): e.g. ``"CT"``, ``"MR"``.
         ``instances`` (list of dict, one per slice, in the volume's ``k`` order: ``instances[k]``
             is the slice at array index ``[:, :, k]``): ``sop_instance_uid`` (str),
-            ``sop_class_uid`` (str), ``file`` (str path), ``frame`` (1-based frame number in a
+            ``sop_class_uid`` (str), ``file`` (str, absolute path), ``frame`` (1-based frame number in a
             multi-frame file, ``None`` for a single-frame file), ``position`` (list of 3 floats:
             ImagePositionPatient, LPS mm, as stored, before any tilt resampling).
         ``tags`` (dict DICOM keyword → str, ``""`` when absent): the patient, study, series and
@@ -555,7 +573,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, *, resa
     Args:
         resample_tilt: a stack whose slice positions are sheared away from the slice normal
             (gantry tilt) is refused unless this is set; then its slices are shifted onto a
-            regular grid with the true geometry (:func:`medseg.io.dicom.resample_tilt`),
+            regular grid with the true geometry (:func:`medseg.io.dicom.unshear_stack`),
             ``meta["dicom"]["tilt_resampled"]`` is True and ``meta["warnings"]`` says so.
 
     Raises:
@@ -605,7 +623,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, *, resa
                                  f"{len(frames)}")
             array = np.ascontiguousarray(array[:, :, [fr.frame - 1 for fr in frames]])
         if geometry.tilt_deg:
-            array = resample_tilt(array, frames, geometry)
+            array = unshear_stack(array, frames, geometry)
             meta["dicom"]["tilt_resampled"] = True
             note = (f"{path}: gantry tilt of {geometry.tilt_deg:.2f}° resampled onto a regular grid "
                     f"({geometry.step_mm:.4g} mm along the slice normal, --resample-tilt)")
