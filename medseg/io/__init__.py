@@ -118,12 +118,13 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, resample_til
         return read_sitk_file(path)
     with open(path, "rb") as f:
         head = f.read(348)
-    if head[:2] == b"\x1f\x8b" or len(head) == 348 and int.from_bytes(head[:4], "little") == 348:
-        return read_nifti(path)
+    # DICOM first: a DICOM preamble (128 free bytes) may begin with NIfTI's 348
     if is_dicom_file(path):
         if is_multiframe_dicom(path):
             return read_dicom_series(path, resample_tilt=resample_tilt)
         raise InputError(path, single_dicom_file_problem(path))
+    if head[:2] == b"\x1f\x8b" or len(head) == 348 and int.from_bytes(head[:4], "little") == 348:
+        return read_nifti(path)
     raise InputError(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd, a DICOM folder "
                      "or a multi-frame DICOM file)")
 
