@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +49,8 @@ from medseg.io.files import resolved_path
 from medseg.manifest import SPLITS, ManifestRow, write_manifest
 
 __all__ = ["IngestJob", "ingest_sources", "align_label_to_image", "LABELS_DIR", "MANIFEST_FILE"]
+
+_LOG = logging.getLogger("medseg.ingest")
 
 LABELS_DIR = "labels"
 MANIFEST_FILE = "manifest.csv"
@@ -166,6 +169,10 @@ class IngestJob:
         modality = study.modality or str(volumes[0].meta.get("dicom", {}).get("modality", ""))
         info: dict[str, Any] = {"split": study.split, "modality": modality}
         warnings = [w for vol in volumes for w in vol.meta.get("warnings", [])]
+        for record in provenance.values():  # the generated UIDs go into the provenance JSON: say so
+            for line in record["warnings"]:
+                _LOG.warning("%s", line)
+                warnings.append(line)
         if warnings:
             info["warnings"] = warnings
         return outputs, info

@@ -376,8 +376,8 @@ def series_provenance(source: str | Path, frames: list[DicomFrame], headers: dic
     ``headers`` maps each file to its dataset. Empty SOP Instance/Class UIDs are taken from the
     file meta (MediaStorageSOPInstanceUID/ClassUID); an empty SOPInstanceUID with no file meta
     value, and empty Study, Series and Frame of Reference UIDs, are generated deterministically
-    from the series' content (:func:`pydicom.uid.generate_uid` with entropy sources), logged
-    as a warning and listed in ``generated`` and ``warnings``.
+    from the series' content (:func:`pydicom.uid.generate_uid` with entropy sources), listed in
+    ``generated`` and said in ``warnings`` (returned, not logged: whoever uses the UIDs says so).
     """
     from pydicom.uid import generate_uid
 
@@ -437,8 +437,6 @@ def series_provenance(source: str | Path, frames: list[DicomFrame], headers: dic
     if "" in classes:
         warnings.append(f"{shown}: empty SOPClassUID in the DICOM files and their file meta: derived objects "
                         "cannot refer to these images")
-    for w in warnings:
-        _LOG.warning("%s", w)
     if from_meta:
         _LOG.info("%s: empty %s in the datasets, taken from the file meta", shown, ", ".join(sorted(from_meta)))
     return {

@@ -549,7 +549,9 @@ def dicom_provenance(series_dir: str | Path, series_uid: str | None = None) -> d
             series' content with :func:`pydicom.uid.generate_uid` (the same on every read).
         ``from_file_meta`` (list of str): ``"SOPInstanceUID"``/``"SOPClassUID"`` when they were
             empty in the datasets and taken from MediaStorageSOPInstanceUID/ClassUID.
-        ``warnings`` (list of str): one line per generated or missing UID (``"<series_dir>: …"``).
+        ``warnings`` (list of str): one line per generated or missing UID (``"<series_dir>: …"``);
+            :func:`dicom_provenance` logs them as warnings, :func:`read_dicom_series` only at INFO
+            (they matter where the UIDs are used: ingest's provenance JSON, DICOM-SEG/RTSTRUCT).
 
     Raises:
         InputError: as :func:`read_dicom_series` for a folder that holds no readable series
@@ -558,7 +560,10 @@ def dicom_provenance(series_dir: str | Path, series_uid: str | None = None) -> d
     path = Path(series_dir)
     files = _series_files(path, series_uid)
     frames, headers = _ordered_stack(path, files)
-    return series_provenance(series_dir, frames, headers)
+    provenance = series_provenance(series_dir, frames, headers)
+    for line in provenance["warnings"]:
+        _LOG.warning("%s", line)
+    return provenance
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None, *, resample_tilt: bool = False) -> Volume:
@@ -611,9 +616,11 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, *, resa
         raise InputError(path, f"DICOM series cannot be decoded ({_itk_detail(exc, native)})") from None
     _check_sitk_image(path, img)
     provenance = series_provenance(folder, frames, headers)
+    for line in provenance["warnings"]:  # said by whoever uses the UIDs (ingest, the exporters)
+        _LOG.info("%s", line)
     meta = {"format": "dicom", "dicom": {**provenance, "n_files": len(files), "tilt_deg": geometry.tilt_deg,
                                          "tilt_resampled": False}}
-    warnings = list(provenance["warnings"])
+    warnings: list[str] = []
     vol = sitk_to_volume(img, source=str(path), meta=meta)
     if multi_frame or geometry.tilt_deg:
         array = vol.array
