@@ -24,13 +24,13 @@ __all__ = ["ingest_flow"]
 
 @flow(name="medseg-ingest")
 def ingest_flow(sources: list[str], out_dir: str, manifest: str | None = None, series_uid: str | None = None,
-                split: str = "test") -> dict[str, Any]:
+                split: str = "test", resample_tilt: bool = False) -> dict[str, Any]:
     """Ingest every study of ``sources`` into ``out_dir`` (see :mod:`medseg.ingest`).
 
     Returns the run record; the flow run completes even when studies failed (they are in
     ``out_dir/failures.csv`` and in the record's ``failed``).
     """
-    job = IngestJob(list(sources), out_dir, manifest, series_uid, split)
+    job = IngestJob(list(sources), out_dir, manifest, series_uid, split, resample_tilt=resample_tilt)
     return run_job(job, job.out_dir, runner=PrefectRunner())
 
 
@@ -43,8 +43,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest")
     parser.add_argument("--series")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--resample-tilt", action="store_true")
     args = parser.parse_args(argv)
-    record = ingest_flow(args.sources, args.out, manifest=args.manifest, series_uid=args.series, split=args.split)
+    record = ingest_flow(args.sources, args.out, manifest=args.manifest, series_uid=args.series, split=args.split,
+                         resample_tilt=args.resample_tilt)
     print(f"ingested {len(record['processed'])}, failed {record['failures_total']}")
     return 0 if not record["failures_total"] else 1
 

@@ -32,7 +32,8 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
                     workers: int = 0, verify: bool = False, folds: list[int] | None = None,
                     checkpoint: str = "final", task: str | None = None,
                     step_size: float | None = None, backend: str = "auto", precision: str = "f32",
-                    calibration: list[list[str]] | None = None) -> dict[str, Any]:
+                    calibration: list[list[str]] | None = None,
+                    resample_tilt: bool = False) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
 
     Args:
@@ -54,12 +55,15 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
         folds, checkpoint, task, step_size, backend, precision, calibration: how to run the model
             folder (:class:`~medseg.inference.kinds.ModelOptions`; ``calibration``: the int8
             calibration studies, each a list of channel paths).
+        resample_tilt: resample gantry-tilted DICOM stacks onto a regular grid instead of
+            failing them.
 
     Returns:
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
     """
     options = BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta, folds=folds,
                            checkpoint=checkpoint, task=task, step_size=step_size, backend=backend,
-                           precision=precision, calibration=calibration)
+                           precision=precision, calibration=calibration,
+                           resample_tilt=resample_tilt)
     job = SegmentJob(archive, model_dir, options, device)
     return run_job(job, out_dir, runner=PrefectRunner(make_task_runner(dask_address, workers)), verify=verify)

@@ -10,6 +10,9 @@ Output folder layout::
 
     OUT/<case_id>.nii.gz             image (several channels: <case_id>_0000.nii.gz, _0001, ...)
     OUT/labels/<case_id>.nii.gz      label map, when the study has one (on the image's grid)
+    OUT/<case_id>.dicom.json         DICOM provenance of a study read from DICOM (several channels:
+                                     <case_id>_0000.dicom.json, ...): :func:`medseg.io.dicom_provenance`'s
+                                     keys plus n_files, tilt_deg and tilt_resampled
     OUT/manifest.csv                 every study ingested into OUT (or --manifest FILE.csv)
     OUT/failures.csv                 study,source,stage,error for the studies of the last run that failed
     OUT/state/, OUT/runs/            per-study state and run records (:mod:`medseg.batch.state`)
@@ -29,6 +32,8 @@ runs the same :class:`IngestJob` with one task per study.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -39,11 +44,13 @@ from medseg.batch.engine import Runner, RunPlan, StageTracker, StudyResult, run_
 from medseg.batch.state import read_states
 from medseg.batch.studies import Study, discover_studies
 from medseg.errors import InputError, MedsegError
-from medseg.io import Volume, check_same_grid, read_channels, read_label, write_volume
+from medseg.io import Volume, atomic_write_text, check_same_grid, read_channels, read_label, write_volume
 from medseg.io.files import resolved_path
 from medseg.manifest import SPLITS, ManifestRow, write_manifest
 
 __all__ = ["IngestJob", "ingest_sources", "align_label_to_image", "LABELS_DIR", "MANIFEST_FILE"]
+
+_LOG = logging.getLogger("medseg.ingest")
 
 LABELS_DIR = "labels"
 MANIFEST_FILE = "manifest.csv"
@@ -60,6 +67,8 @@ class IngestJob:
         out_dir: the output folder.
         manifest: the manifest to write (default ``out_dir/manifest.csv``).
         series_uid: SeriesInstanceUID to pick in DICOM folders holding several series.
+        resample_tilt: resample gantry-tilted DICOM stacks onto a regular grid (recorded in the
+            provenance JSON as ``tilt_resampled``) instead of refusing them.
         split: split of the studies that do not come from a manifest.
         label: a label map for the single study of a single source.
 
@@ -74,6 +83,7 @@ class IngestJob:
     series_uid: str | None = None
     split: str = "test"
     label: str | None = None
+    resample_tilt: bool = False
     name: str = field(default="ingest", init=False)
 
     def __post_init__(self) -> None:
@@ -113,7 +123,8 @@ class IngestJob:
         return studies
 
     def config_key(self, out_dir: Path) -> str:
-        return hashlib.blake2b(_CONFIG.encode(), digest_size=16).hexdigest()
+        config = _CONFIG + (";resample-tilt" if self.resample_tilt else "")
+        return hashlib.blake2b(config.encode(), digest_size=16).hexdigest()
 
     def prepare(self) -> None:
         """Nothing to load: ingestion needs no model."""
@@ -130,17 +141,25 @@ class IngestJob:
         for part in self.study_inputs(study):
             if resolved_path(part).is_relative_to(resolved_path(out_dir)):
                 raise InputError(part, f"input lies inside the output folder {out_dir}: choose another --out")
-        volumes = read_channels(study.sources, series_uid=study.series_uid)
+        volumes = read_channels(study.sources, series_uid=study.series_uid, resample_tilt=self.resample_tilt)
         label = align_label_to_image(volumes[0], read_label(study.label)) if study.label else None
         names = _channel_names(study.study_id, len(volumes))
         outputs = {f"image_{c}": name for c, name in enumerate(names)}
         if label is not None:
             outputs["label"] = f"{LABELS_DIR}/{study.study_id}.nii.gz"
+        provenance = {}
+        for c, (name, vol) in enumerate(zip(names, volumes)):
+            if "dicom" in vol.meta:
+                side = name[:-len(".nii.gz")] + ".dicom.json"
+                outputs[f"dicom_{c}"] = side
+                provenance[side] = vol.meta["dicom"]
         stage("write")
         written: list[Path] = []
         try:
             for name, vol in zip(names, volumes):
                 written.append(write_volume(vol, out_dir / name))
+            for side, record in provenance.items():
+                written.append(atomic_write_text(out_dir / side, json.dumps(record, indent=1) + "\n"))
             if label is not None:
                 written.append(write_volume(label, out_dir / outputs["label"]))
         except BaseException:
@@ -148,7 +167,15 @@ class IngestJob:
                 w.unlink(missing_ok=True)
             raise
         modality = study.modality or str(volumes[0].meta.get("dicom", {}).get("modality", ""))
-        return outputs, {"split": study.split, "modality": modality}
+        info: dict[str, Any] = {"split": study.split, "modality": modality}
+        warnings = [w for vol in volumes for w in vol.meta.get("warnings", [])]
+        for record in provenance.values():  # the generated UIDs go into the provenance JSON: say so
+            for line in record["warnings"]:
+                _LOG.warning("%s", line)
+                warnings.append(line)
+        if warnings:
+            info["warnings"] = warnings
+        return outputs, info
 
     def discard(self, out_dir: Path, state: dict[str, Any]) -> None:
         for rel in state.get("outputs", {}).values():
@@ -206,7 +233,7 @@ def _channel_names(case_id: str, n: int) -> tuple[str, ...]:
 
 def ingest_sources(sources: list[str | Path], out_dir: str | Path, *, manifest: str | Path | None = None,
                    series_uid: str | None = None, split: str = "test", label: str | Path | None = None,
-                   runner: Runner | None = None, verify: bool = False,
+                   resample_tilt: bool = False, runner: Runner | None = None, verify: bool = False,
                    on_plan: Callable[[RunPlan], None] | None = None,
                    on_study: Callable[[StudyResult], None] | None = None) -> dict[str, Any]:
     """Ingest every study of ``sources`` into ``out_dir``; see the module docstring.
@@ -217,5 +244,5 @@ def ingest_sources(sources: list[str | Path], out_dir: str | Path, *, manifest: 
         every study of these sources that is failed now), ``reports`` (the manifest).
     """
     job = IngestJob([str(s) for s in sources], str(out_dir), str(manifest) if manifest else None, series_uid,
-                    split, str(label) if label else None)
+                    split, str(label) if label else None, resample_tilt)
     return run_job(job, job.out_dir, runner=runner, verify=verify, on_plan=on_plan, on_result=on_study)

@@ -58,6 +58,8 @@ class BatchOptions(BaseModel):
         backend, precision, calibration: what runs the network (``auto``, ``torch``,
             ``openvino``, ``onnxruntime``), at which precision (``f32``, ``bf16``, ``int8``), and
             for int8 the calibration studies (each a list of channel paths).
+        resample_tilt: read gantry-tilted DICOM stacks resampled onto a regular grid
+            (:func:`medseg.io.read_dicom_series`) instead of failing them.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -77,6 +79,7 @@ class BatchOptions(BaseModel):
     backend: str = "auto"
     precision: str = "f32"
     calibration: list[list[str]] | None = None
+    resample_tilt: bool = False
 
     def model_options(self):
         """The :class:`~medseg.inference.kinds.ModelOptions` these options name.
@@ -176,6 +179,8 @@ class SegmentJob:
                   "modality": self._info().modality, "lesion_label": "tumour"}
         if o.model_key():
             fields["model"] = o.model_key()
+        if o.resample_tilt:
+            fields["resample_tilt"] = True
         keyed = json.dumps(fields, separators=(",", ":"))
 
         def compute() -> str:
@@ -205,7 +210,7 @@ class SegmentJob:
         from medseg.io import read_channels
 
         stage("ingest")
-        images = read_channels(study.sources, series_uid=study.series_uid)
+        images = read_channels(study.sources, series_uid=study.series_uid, resample_tilt=self.options.resample_tilt)
         predictor = cached_predictor(self.model_dir, device=self.device, options=self.options.model_options())
         final = out_dir / STUDIES_DIR / study.study_id
         output = run_study(images, predictor, self.study_options(), labels_path=final / SEGMENTATION_FILE, stage=stage)

@@ -3,7 +3,7 @@
 A *study* is one image file, the channel files of one case (nnU-Net naming ``case_0000.nii.gz``,
 ``case_0001.nii.gz``…, or a manifest row's ``;``-joined channels), or one folder holding a DICOM
 series. Sources are folder trees, manifest CSVs, MSD / nnU-Net ``dataset.json`` files, single
-image files and DICOM folders.
+image files, DICOM folders and multi-frame (enhanced) DICOM files.
 
 In a folder tree:
 
@@ -44,7 +44,7 @@ from medseg.io.files import (
     strip_image_suffix,
 )
 from medseg.io import single_dicom_file_problem
-from medseg.io.sitk_io import is_dicom_file
+from medseg.io.sitk_io import is_dicom_file, is_multiframe_dicom
 
 __all__ = ["Study", "discover_studies", "discover_source", "assign_ids", "safe_id", "LABELS_FOLDER"]
 
@@ -265,6 +265,8 @@ def discover_source(source: str | Path, *, exclude: Iterable[str | Path] = (), s
             return [Study(safe_id([strip_image_suffix(name)]), (str(path),), "file", key=str(resolved_path(path)),
                           split=split)]
         if is_dicom_file(path):
+            if is_multiframe_dicom(path):
+                return [Study(safe_id([path.stem]), (str(path),), "dicom", key=str(resolved_path(path)), split=split)]
             raise InputError(path, single_dicom_file_problem(path))
         return [_invalid(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a folder "
                          "holding a DICOM series)", (name,))]

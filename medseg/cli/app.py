@@ -12,7 +12,7 @@ from typer.exceptions import TyperException
 
 from medseg.errors import ExitCode, MedsegError, describe_error
 
-__all__ = ["app", "main", "handle_errors", "stage", "notice", "is_debug"]
+__all__ = ["app", "main", "handle_errors", "stage", "notice", "is_debug", "RESAMPLE_TILT"]
 
 app = typer.Typer(
     name="medseg",
@@ -24,6 +24,12 @@ app = typer.Typer(
 )
 
 _DEBUG = False
+
+# the read option of every command that reads DICOM studies (ingest, segment, batch, schedule)
+RESAMPLE_TILT = typer.Option(
+    False, "--resample-tilt",
+    help="Resample a gantry-tilted DICOM stack (slice positions sheared away from the slice normal) onto a regular "
+         "grid with its true geometry, as dcm2niix does, instead of refusing it; the tilt is recorded.")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

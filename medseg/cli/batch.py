@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from medseg.cli.app import app, handle_errors, stage
+from medseg.cli.app import RESAMPLE_TILT, app, handle_errors, stage
 from medseg.cli.model_options import (
     BACKEND,
     CALIBRATE,
@@ -79,13 +79,14 @@ def _check_inputs(archive: Path, model: Path, options, crf: bool) -> None:
 
 
 def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, components: bool, tta: bool, device: str,
-                     dask_address: str | None, workers: int, verify: bool = False, options=None) -> dict:
+                     dask_address: str | None, workers: int, verify: bool = False, options=None,
+                     resample_tilt: bool = False) -> dict:
     """The ``segment-archive`` flow's parameters for the CLI's options (one place for batch and schedule)."""
     from medseg.inference.pipeline import DEFAULT_COMPONENTS
 
     params = {"archive": str(archive.resolve()), "model_dir": str(model.resolve()), "out_dir": str(out.resolve()),
               "crf": crf, "components": DEFAULT_COMPONENTS if components else None, "tta": tta, "device": device,
-              "dask_address": dask_address, "workers": workers, "verify": verify}
+              "dask_address": dask_address, "workers": workers, "verify": verify, "resample_tilt": resample_tilt}
     if options is not None:
         params.update(folds=None if options.folds is None else list(options.folds), checkpoint=options.checkpoint,
                       task=options.task, step_size=options.step_size, backend=options.backend,
@@ -96,7 +97,7 @@ def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, compon
 
 def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, components: bool = False,
                    tta: bool = False, device: str = "auto", dask_address: str | None = None,
-                   workers: int = 0, verify: bool = False, options=None) -> dict:
+                   workers: int = 0, verify: bool = False, options=None, resample_tilt: bool = False) -> dict:
     """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one).
 
     ``options``: :class:`~medseg.inference.kinds.ModelOptions` (folds, checkpoint, task, step size).
@@ -106,7 +107,7 @@ def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, 
     _quiet_prefect_console()
     return segment_archive(**_flow_parameters(archive, model, out, crf=crf, components=components, tta=tta,
                                               device=device, dask_address=dask_address, workers=workers,
-                                              verify=verify, options=options))
+                                              verify=verify, options=options, resample_tilt=resample_tilt))
 
 
 def _print_record(record: dict, out: Path) -> None:
@@ -134,6 +135,7 @@ def batch_command(
                                 help="Without --dask-address: a local Dask cluster of N worker processes (0: in process)."),
     verify: bool = typer.Option(False, "--verify", help="Hash every study's bytes (by default a study whose files "
                                 "kept their size, modification time and inode keeps its recorded hash)."),
+    resample_tilt: bool = RESAMPLE_TILT,
     folds: Optional[str] = FOLDS,
     checkpoint: str = CHECKPOINT,
     task: Optional[str] = TASK,
@@ -152,7 +154,8 @@ def batch_command(
     _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
     record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,
-                            dask_address=dask_address, workers=workers, verify=verify, options=options)
+                            dask_address=dask_address, workers=workers, verify=verify, options=options,
+                            resample_tilt=resample_tilt)
     _print_record(record, out)
     from medseg.errors import run_exit_code
 
@@ -174,6 +177,7 @@ def schedule_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the studies."),
     workers: int = typer.Option(0, "--workers", min=0, help="Local Dask cluster of N worker processes."),
+    resample_tilt: bool = RESAMPLE_TILT,
     folds: Optional[str] = FOLDS,
     checkpoint: str = CHECKPOINT,
     task: Optional[str] = TASK,
@@ -211,7 +215,8 @@ def schedule_command(
 
     _quiet_prefect_console()
     parameters = _flow_parameters(archive, model, out, crf=crf, components=components, tta=tta, device=device,
-                                  dask_address=dask_address, workers=workers, options=options)
+                                  dask_address=dask_address, workers=workers, options=options,
+                                  resample_tilt=resample_tilt)
     stage(f"serving segment-archive/{name} on {cron!r} (Ctrl-C to stop)")
     segment_archive.serve(name=name, schedules=[schedule], parameters=parameters,
                           entrypoint_type=EntrypointType.MODULE_PATH,

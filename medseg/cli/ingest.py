@@ -1,4 +1,4 @@
-"""``medseg ingest SOURCE... --out DIR [--manifest FILE.csv] [--series UID]``."""
+"""``medseg ingest SOURCE... --out DIR [--manifest FILE.csv] [--series UID] [--resample-tilt]``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from medseg.cli.app import app, handle_errors, stage
+from medseg.cli.app import RESAMPLE_TILT, app, handle_errors, stage
 
 __all__ = ["ingest"]
 
@@ -24,6 +24,7 @@ def ingest(
     label: Optional[Path] = typer.Option(None, "--label", help="Label map of the one study of a single SOURCE "
                                          "(checked against the image's grid, written to OUT/labels/)."),
     split: str = typer.Option("test", "--split", help="Split of studies not read from a manifest: train, val or test."),
+    resample_tilt: bool = RESAMPLE_TILT,
 ) -> None:
     """Validate scans and write each as OUT/<case_id>.nii.gz plus a manifest row.
 
@@ -46,6 +47,7 @@ def ingest(
 
     stage(f"searching {len(sources)} source(s)")
     record = ingest_sources(sources, out, manifest=manifest, series_uid=series, split=split, label=label,
+                            resample_tilt=resample_tilt,
                             on_plan=on_plan, on_study=on_study)
     failures_csv = out / FAILURES_FILE
     with open(failures_csv, newline="", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from medseg.cli.app import app, handle_errors, stage
+from medseg.cli.app import RESAMPLE_TILT, app, handle_errors, stage
 from medseg.cli.model_options import (
     BACKEND,
     CALIBRATE,
@@ -46,6 +46,7 @@ def segment(
     probabilities: Optional[Path] = typer.Option(
         None, "--probabilities", help="Also write softmax probabilities: 4D NIfTI (X, Y, Z, C) on the input grid."),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when the folder holds several."),
+    resample_tilt: bool = RESAMPLE_TILT,
     autocast: str = typer.Option("none", "--autocast", help="none (float32), bf16 (CPU/CUDA) or fp16 (CUDA)."),
     overlap: Optional[float] = typer.Option(None, "--overlap", min=0.0, max=0.95,
                                             help="Window overlap fraction (default: the model's)."),
@@ -100,7 +101,8 @@ def segment(
         raise MedsegError(str(exc)) from None
     stage(f"network on {predictor.backend}")
     prediction = segment_file(inputs, predictor, output, options=options, volumes_path=volumes,
-                              probabilities_path=probabilities, series_uid=series, progress=stage)
+                              probabilities_path=probabilities, series_uid=series,
+                              resample_tilt=resample_tilt, progress=stage)
     t = prediction.timings
     stage("done in " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
     from medseg.measure import present_labels

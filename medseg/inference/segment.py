@@ -83,7 +83,8 @@ def check_output_paths(inputs: str | Path | Sequence[str | Path], outputs: dict[
 def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_dir: Predictor | str | Path,
                  output_path: str | Path, *, options: StudyOptions | None = None,
                  volumes_path: str | Path | None = None, probabilities_path: str | Path | None = None,
-                 series_uid: str | None = None, progress: ProgressFn | None = None) -> StudyOutput:
+                 series_uid: str | None = None, resample_tilt: bool = False,
+                 progress: ProgressFn | None = None) -> StudyOutput:
     """Segment one study and write the label map on the study's own grid.
 
     Args:
@@ -97,6 +98,8 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
         probabilities_path: also write the softmax probabilities, 4D NIfTI ``(X, Y, Z, C)`` on
             the input grid (after the CRF when it ran).
         series_uid: which DICOM series when a folder holds several.
+        resample_tilt: resample a gantry-tilted DICOM stack onto a regular grid (the output is
+            on that grid) instead of refusing it.
         progress: called with a short message at each stage.
 
     Returns:
@@ -113,7 +116,7 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
     options = options or StudyOptions()
     t0 = time.perf_counter()
     say(f"reading {', '.join(map(str, paths))}")
-    images = read_channels(paths, series_uid=series_uid)
+    images = read_channels(paths, series_uid=series_uid, resample_tilt=resample_tilt)
     t_read = time.perf_counter() - t0
     if isinstance(predictor_or_model_dir, (str, Path)):
         say(f"loading model {predictor_or_model_dir}")

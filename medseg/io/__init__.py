@@ -1,7 +1,10 @@
 """The only code that knows file formats. Geometry travels with the array (:class:`Volume`).
 
-- :func:`read_volume`: NIfTI (.nii/.nii.gz), NRRD/MetaImage (.nrrd/.nhdr/.mha/.mhd), or a folder
-  holding one DICOM series, validated, as a :class:`Volume` with a RAS+ affine.
+- :func:`read_volume`: NIfTI (.nii/.nii.gz), NRRD/MetaImage (.nrrd/.nhdr/.mha/.mhd), a folder
+  holding one DICOM series or one multi-frame DICOM file, validated, as a :class:`Volume` with a
+  RAS+ affine.
+- :func:`dicom_provenance`: the UIDs, per-slice SOP instances and patient/study tags of a DICOM
+  series, for derived objects (SEG, RTSTRUCT); :mod:`medseg.io.dicom` reads DICOM headers.
 - :func:`write_volume`: atomic write (temporary name, then rename) with exactly the affine.
 - :func:`read_channels`: the channel files of one study, checked to share one grid.
 - :func:`read_label`: a label map, checked for integer values and (optionally) for the grid of
@@ -31,7 +34,9 @@ from medseg.io.nifti import check_nifti_size, is_nifti_path, read_nifti, read_ni
 from medseg.io.sitk_io import (
     check_sitk_size,
     DicomSeries,
+    dicom_provenance,
     is_dicom_file,
+    is_multiframe_dicom,
     list_dicom_series,
     read_dicom_series,
     read_sitk_file,
@@ -45,7 +50,9 @@ __all__ = [
     "Volume",
     "InputError",
     "DicomSeries",
+    "dicom_provenance",
     "is_dicom_file",
+    "is_multiframe_dicom",
     "read_volume",
     "read_channels",
     "check_volume_size",
@@ -84,8 +91,14 @@ __all__ = [
 SITK_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if not s.startswith(".nii"))
 
 
-def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
-    """Read one 3D image: a NIfTI/NRRD/MHA file or a folder holding one DICOM series.
+def read_volume(path: str | Path, *, series_uid: str | None = None, resample_tilt: bool = False) -> Volume:
+    """Read one 3D image: a NIfTI/NRRD/MHA file, a folder holding one DICOM series, or one
+    multi-frame (enhanced CT/MR) DICOM file.
+
+    Args:
+        series_uid: the DICOM series to read in a folder holding several.
+        resample_tilt: resample a gantry-tilted DICOM stack onto a regular grid instead of
+            refusing it (:func:`read_dicom_series`).
 
     Returns:
         A :class:`Volume` (array ``(I, J, K)`` in stored dtype, RAS+ affine in mm).
@@ -97,7 +110,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
     if not path.exists():
         raise InputError(path, missing_problem(path))
     if path.is_dir():
-        return read_dicom_series(path, series_uid=series_uid)
+        return read_dicom_series(path, series_uid=series_uid, resample_tilt=resample_tilt)
     name = path.name.lower()
     if is_nifti_path(name) or name.endswith(".gz"):
         return read_nifti(path)
@@ -105,11 +118,15 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
         return read_sitk_file(path)
     with open(path, "rb") as f:
         head = f.read(348)
+    # DICOM first: a DICOM preamble (128 free bytes) may begin with NIfTI's 348
+    if is_dicom_file(path):
+        if is_multiframe_dicom(path):
+            return read_dicom_series(path, resample_tilt=resample_tilt)
+        raise InputError(path, single_dicom_file_problem(path))
     if head[:2] == b"\x1f\x8b" or len(head) == 348 and int.from_bytes(head[:4], "little") == 348:
         return read_nifti(path)
-    if is_dicom_file(path):
-        raise InputError(path, single_dicom_file_problem(path))
-    raise InputError(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder)")
+    raise InputError(path, "not a supported image (expected .nii, .nii.gz, .nrrd, .mha, .mhd, a DICOM folder "
+                     "or a multi-frame DICOM file)")
 
 
 def single_dicom_file_problem(path: str | Path) -> str:
@@ -117,8 +134,10 @@ def single_dicom_file_problem(path: str | Path) -> str:
     return f"is a single DICOM file: a DICOM series is read from the folder that holds it ({Path(path).parent})"
 
 
-def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_uid: str | None = None) -> list[Volume]:
-    """Read the channel images of one study (one path per channel, in the model's channel order).
+def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_uid: str | None = None,
+                  resample_tilt: bool = False) -> list[Volume]:
+    """Read the channel images of one study (one path per channel, in the model's channel order);
+    ``series_uid`` and ``resample_tilt`` as :func:`read_volume`.
 
     Raises:
         InputError: a channel that cannot be read, or one that is not on the first channel's
@@ -126,7 +145,7 @@ def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_ui
     """
     if not paths:
         raise ValueError("paths: expected at least one image, got none")
-    volumes = [read_volume(p, series_uid=series_uid) for p in paths]
+    volumes = [read_volume(p, series_uid=series_uid, resample_tilt=resample_tilt) for p in paths]
     first = volumes[0]
     for other in volumes[1:]:
         if other.shape != first.shape:
