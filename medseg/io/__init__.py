@@ -29,12 +29,13 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from medseg.io.codes import StructureCode, structure_code
 from medseg.io.dicom_export import (
+    DicomExportOptions,
     DicomReference,
     dicom_reference,
+    series_reference,
     dicom_seg_dataset,
     labels_on_series_grid,
     rtstruct_dataset,
-    write_dicom,
 )
 from medseg.io.files import IMAGE_SUFFIXES, content_hash, is_image_path, missing_problem, strip_image_suffix
 from medseg.io.limits import MAX_VOXELS_ENV, available_memory, check_image_size, max_voxels, set_max_voxels
@@ -94,11 +95,12 @@ __all__ = [
     "StructureCode",
     "structure_code",
     "DicomReference",
+    "DicomExportOptions",
     "dicom_reference",
+    "series_reference",
     "dicom_seg_dataset",
     "rtstruct_dataset",
     "labels_on_series_grid",
-    "write_dicom",
 ]
 
 SITK_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if not s.startswith(".nii"))

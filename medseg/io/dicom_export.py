@@ -13,7 +13,9 @@ its voxels lie from the series'. Every segment carries its structure's SNOMED CT
 
 >>> ref = dicom_reference("series/")                                        # doctest: +SKIP
 >>> seg = dicom_seg_dataset(labels, ref, {1: "liver", 2: "liver_tumor"})    # doctest: +SKIP
->>> write_dicom(seg, "seg.dcm")                                             # doctest: +SKIP
+>>> seg.save_as("seg.dcm")                                                  # doctest: +SKIP
+
+:func:`medseg.inference.write_study_outputs` writes them with a study's other outputs, all or none.
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path
 from medseg.io.codes import Code, structure_code
 from medseg.io.volume import Volume, affine_difference_mm
 
-__all__ = ["DicomReference", "dicom_reference", "labels_on_series_grid", "export_segments", "dicom_seg_dataset",
-           "rtstruct_dataset", "write_dicom", "SEG_TYPES", "EMPTY_SEGMENTS"]
+__all__ = ["DicomReference", "DicomExportOptions", "dicom_reference", "series_reference", "labels_on_series_grid", "export_segments", "dicom_seg_dataset",
+           "rtstruct_dataset", "SEG_TYPES", "EMPTY_SEGMENTS"]
 
 SEG_TYPES = ("binary", "labelmap")
 EMPTY_SEGMENTS = ("drop", "keep")
@@ -44,6 +45,27 @@ _LOG = logging.getLogger("medseg.io")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Voxel centres of a segmentation and its series may differ by this much (mm) and still be one grid.
 GRID_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class DicomExportOptions:
+    """How segments are written.
+
+    Attributes:
+        seg_type: DICOM-SEG encoding: ``"binary"`` (one 1-bit frame per segment and slice, read by
+            every SEG reader) or ``"labelmap"`` (one frame per slice holding segment numbers: the
+            Label Map Segmentation IOD, smaller, read by fewer viewers).
+        empty: ``"drop"`` labels with no voxel, or ``"keep"`` every named label as a segment/ROI.
+    """
+
+    seg_type: SegType = "binary"
+    empty: Empty = "drop"
+
+    def __post_init__(self) -> None:
+        if self.seg_type not in SEG_TYPES:
+            raise ValueError(f"seg_type must be one of {', '.join(SEG_TYPES)}, not {self.seg_type!r}")
+        if self.empty not in EMPTY_SEGMENTS:
+            raise ValueError(f"empty must be one of {', '.join(EMPTY_SEGMENTS)}, not {self.empty!r}")
 
 
 @dataclass
@@ -137,6 +159,20 @@ def dicom_reference(folder: str | Path, series_uid: str | None = None) -> DicomR
     return DicomReference(folder=folder, headers=headers, notes=list(provenance.get("warnings", [])))
 
 
+def series_reference(image: Volume) -> DicomReference:
+    """The :class:`DicomReference` of the series an image was read from (:func:`medseg.io.read_volume`
+    of a DICOM folder).
+
+    Raises:
+        InputError: the image did not come from a DICOM series.
+    """
+    dicom = image.meta.get("dicom")
+    if image.meta.get("format") != "dicom" or not dicom or image.source is None:
+        raise InputError(image.source or "image", "is not a DICOM series: DICOM-SEG and RTSTRUCT refer to the "
+                         "series a segmentation was made from")
+    return dicom_reference(image.source, series_uid=dicom.get("series_uid") or None)
+
+
 def _check_slices(ref: DicomReference, affine: np.ndarray) -> None:
     """Every slice header lies where ``affine`` puts slice ``k`` (else the slice order is not the volume's)."""
     for k, ds in enumerate(ref.headers):
@@ -177,9 +213,11 @@ def labels_on_series_grid(labels: Volume, ref: DicomReference) -> np.ndarray:
     mapped = tuple(labels.shape[perm.index(g)] for g in range(3))
     where = labels.source or "segmentation"
     if mapped != shape or diff > GRID_TOLERANCE_MM:
-        size = "" if mapped == shape else f"shape {labels.shape} against the series' {shape} (columns, rows, slices); "
-        raise InputError(where, f"segmentation is not on the grid of the DICOM series {ref.folder}: {size}its voxels lie "
-                         f"up to {diff:.4g} mm from the series' (resample it onto the series first)")
+        parts = [] if mapped == shape else [f"shape {labels.shape} against the series' {shape} (columns, rows, slices)"]
+        if diff > GRID_TOLERANCE_MM:
+            parts.append(f"its voxels lie up to {diff:.4g} mm from the series'")
+        raise InputError(where, f"segmentation is not on the grid of the DICOM series {ref.folder}: "
+                         f"{'; '.join(parts)} (resample it onto the series first)")
     arr = np.asarray(labels.array)
     for a in range(3):
         if sign[a] < 0:
@@ -338,11 +376,3 @@ def rtstruct_dataset(labels: Volume, ref: DicomReference, names: Mapping[int, st
     ds.StructureSetLabel = "medseg"
     ds.SeriesDescription = f"medseg structures of {str(getattr(first, 'SeriesDescription', '') or 'series')}"[:64]
     return ds
-
-
-def write_dicom(dataset, path: str | Path) -> Path:
-    """Write a DICOM dataset (a SEG or an RTSTRUCT) atomically (temporary name, then rename)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        dataset.save_as(tmp, enforce_file_format=True)
-    return path
