@@ -44,6 +44,7 @@ from medseg.io.nifti import check_nifti_size, is_nifti_path, read_nifti, read_ni
 from medseg.io.sitk_io import (
     check_sitk_size,
     DicomSeries,
+    dicom_provenance,
     is_dicom_file,
     list_dicom_series,
     read_dicom_series,
@@ -58,6 +59,7 @@ __all__ = [
     "Volume",
     "InputError",
     "DicomSeries",
+    "dicom_provenance",
     "is_dicom_file",
     "read_volume",
     "read_channels",

@@ -19,6 +19,15 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom import (
+    DicomFrame,
+    check_positions,
+    read_dicom_headers,
+    resample_tilt,
+    series_provenance,
+    stack_affine_lps,
+    stack_frames,
+)
 from medseg.io.files import detached_data_files
 from medseg.io.limits import MAX_DEFLATE_RATIO, check_image_size
 from medseg.io.volume import Volume
@@ -26,6 +35,7 @@ from medseg.io.volume import Volume
 __all__ = [
     "check_sitk_size",
     "DicomSeries",
+    "dicom_provenance",
     "is_dicom_file",
     "list_dicom_series",
     "read_dicom_series",
@@ -36,6 +46,7 @@ __all__ = [
 ]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+LPS_TO_RAS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
 _LOG = logging.getLogger("medseg.io")
 
 
@@ -438,39 +449,6 @@ def _check_readable_files(folder: Path, series: list[DicomSeries]) -> None:
             _dicom_header(f)
 
 
-def _check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:
-    """Refuse a series with missing slices or uneven slice spacing (ITK would only warn)."""
-    if len(files) < 2:
-        raise InputError(folder, f"DICOM series has {len(files)} slice: a 3D volume needs at least 2")
-    positions = []
-    normal = None
-    for f in files:
-        reader = _dicom_header(f)
-        pos = _tag(reader, "0020|0032")
-        ori = _tag(reader, "0020|0037")
-        if not pos or not ori:
-            raise InputError(f, "DICOM slice without ImagePositionPatient/ImageOrientationPatient")
-        if normal is None:
-            o = np.asarray([float(v) for v in ori.split("\\")])
-            normal = np.cross(o[:3], o[3:])
-        positions.append(np.asarray([float(v) for v in pos.split("\\")]))
-    z = np.sort(np.asarray(positions) @ normal)
-    gaps = np.diff(z)
-    if np.any(gaps < 1e-4):
-        raise InputError(folder, "DICOM series has two slices at the same position (duplicate or mixed acquisitions)")
-    step = float(np.median(gaps))
-    tol = max(0.01 * step, 1e-3)
-    if np.all(np.abs(gaps - step) <= tol):
-        return
-    missing = int(np.sum(np.round(gaps / step) - 1).clip(min=0))
-    worst = int(np.argmax(np.abs(gaps - step)))
-    if missing > 0 and np.all(np.abs(gaps - np.round(gaps / step) * step) <= tol):
-        raise InputError(folder, f"DICOM series is missing {missing} slice(s): gap of {gaps[worst]:.3f} mm "
-                         f"after slice {worst + 1} of {len(files)} where the spacing is {step:.3f} mm")
-    raise InputError(folder, f"uneven slice spacing in DICOM series: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
-                     f"(median {step:.3f} mm)")
-
-
 def _check_decodable_files(files: tuple[str, ...]) -> None:
     """Decode each file of a series that failed as a whole; InputError naming the first that fails."""
     import SimpleITK as sitk
@@ -486,22 +464,8 @@ def _check_decodable_files(files: tuple[str, ...]) -> None:
             raise InputError(f, f"DICOM pixel data cannot be decoded ({_itk_detail(exc, native)})") from None
 
 
-def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
-    """Read the one DICOM series in ``folder`` (or the one named by ``series_uid``).
-
-    Voxels are GDCM's decoded values with the rescale slope/intercept applied (CT in HU).
-
-    Raises:
-        InputError: empty folder, no DICOM files, a DICOM file that cannot be read (named),
-            several series and no ``series_uid`` (the message lists every SeriesInstanceUID with
-            its description), an unknown ``series_uid``, RGB or complex voxels, a series larger
-            than the limits of :mod:`medseg.io.limits` (checked from the first file's header
-            before any pixel is decoded), missing slices or uneven slice spacing, pixel data that
-            cannot be decoded (naming the file).
-    """
-    import SimpleITK as sitk
-
-    folder = Path(folder)
+def _choose_series(folder: Path, series_uid: str | None) -> DicomSeries:
+    """The series of ``folder`` to read: the only one, or the one named by ``series_uid``."""
     if not folder.is_dir():
         raise InputError(folder, "is not a folder")
     if not any(p.is_file() for p in folder.iterdir()):
@@ -515,26 +479,141 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         if not match:
             raise InputError(folder, f"no series with SeriesInstanceUID {series_uid}; found: "
                              + "; ".join(f"{s.uid} ({s.description or 'no description'})" for s in series))
-        chosen = match[0]
-    elif len(series) > 1:
+        return match[0]
+    if len(series) > 1:
         raise InputError(folder, f"{len(series)} DICOM series in one folder, pick one with --series UID: "
-                         + "; ".join(f"{s.uid or '(empty SeriesInstanceUID)'} ({s.description or 'no description'}, {len(s.files)} files)" for s in series))
-    else:
-        chosen = series[0]
-    _check_image_information(folder, _dicom_header(chosen.files[0]), slices=len(chosen.files))
-    _check_slice_positions(folder, chosen.files)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(chosen.files))
+                         + "; ".join(f"{s.uid or '(empty SeriesInstanceUID)'} ({s.description or 'no description'}, "
+                                     f"{len(s.files)} files)" for s in series))
+    return series[0]
+
+
+def _series_files(path: Path, series_uid: str | None) -> tuple[str, ...]:
+    """The files of the series at ``path``: a folder (:func:`_choose_series`) or one multi-frame file."""
+    if path.is_file():
+        if not is_dicom_file(path):
+            raise InputError(path, "not a DICOM file")
+        return (str(path),)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    return _choose_series(path, series_uid).files
+
+
+def _ordered_stack(path: Path, files: tuple[str, ...]) -> tuple[list[DicomFrame], dict]:
+    headers = dict(zip(files, read_dicom_headers(files)))
+    return stack_frames(path, files, [headers[f] for f in files]), headers
+
+
+def dicom_provenance(series_dir: str | Path, series_uid: str | None = None) -> dict:
+    """What a derived object (DICOM-SEG, RTSTRUCT) needs to refer to the series that
+    :func:`read_dicom_series` reads from ``series_dir`` (a folder, or one multi-frame file),
+    read from the headers only (no pixel data). The same dict is ``Volume.meta["dicom"]`` of the
+    volume read from it (which adds ``n_files`` and ``tilt_deg``/``tilt_resampled``).
+
+    Keys:
+        ``series_dir`` (str): the folder (or multi-frame file) as given.
+        ``study_instance_uid``, ``series_instance_uid``, ``frame_of_reference_uid`` (str): the
+            series' UIDs; generated when empty in the files (see ``generated``).
+        ``sop_class_uid`` (str): SOPClassUID of the first instance.
+        ``modality`` (str): e.g. ``"CT"``, ``"MR"``.
+        ``instances`` (list of dict, one per slice, in the volume's ``k`` order: ``instances[k]``
+            is the slice at array index ``[:, :, k]``): ``sop_instance_uid`` (str),
+            ``sop_class_uid`` (str), ``file`` (str path), ``frame`` (1-based frame number in a
+            multi-frame file, ``None`` for a single-frame file), ``position`` (list of 3 floats:
+            ImagePositionPatient, LPS mm, as stored, before any tilt resampling).
+        ``tags`` (dict DICOM keyword → str, ``""`` when absent): the patient, study, series and
+            equipment tags of :data:`medseg.io.dicom.PROVENANCE_TAGS` (PatientID, PatientName,
+            PatientBirthDate, PatientSex, StudyDate, StudyTime, AccessionNumber, StudyID,
+            ReferringPhysicianName, SeriesNumber, SeriesDescription, Manufacturer, …), from the
+            first instance; multi-valued tags joined by ``\\``.
+        ``generated`` (list of str): the keywords among StudyInstanceUID, SeriesInstanceUID,
+            FrameOfReferenceUID, SOPInstanceUID that were empty in the files (and, for
+            SOPInstanceUID, their file meta) and were generated deterministically from the
+            series' content with :func:`pydicom.uid.generate_uid` (the same on every read).
+        ``from_file_meta`` (list of str): ``"SOPInstanceUID"``/``"SOPClassUID"`` when they were
+            empty in the datasets and taken from MediaStorageSOPInstanceUID/ClassUID.
+        ``warnings`` (list of str): one line per generated or missing UID (``"<series_dir>: …"``).
+
+    Raises:
+        InputError: as :func:`read_dicom_series` for a folder that holds no readable series
+            (several series and no ``series_uid``, mixed orientations, a mosaic, …).
+    """
+    path = Path(series_dir)
+    files = _series_files(path, series_uid)
+    frames, headers = _ordered_stack(path, files)
+    return series_provenance(series_dir, frames, headers)
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None, *, resample_tilt: bool = False) -> Volume:
+    """Read the one DICOM series in ``folder`` (or the one named by ``series_uid``), or one
+    multi-frame (enhanced CT/MR) file given as ``folder``.
+
+    Voxels are GDCM's decoded values with the rescale slope/intercept applied (CT in HU). Slices
+    (frames) are ordered along the slice normal, ascending; ``meta["dicom"]`` holds the series'
+    provenance (:func:`dicom_provenance`) and ``tilt_deg``, the gantry tilt measured from the
+    slice positions (0.0 for a regular stack).
+
+    Args:
+        resample_tilt: a stack whose slice positions are sheared away from the slice normal
+            (gantry tilt) is refused unless this is set; then its slices are shifted onto a
+            regular grid with the true geometry (:func:`medseg.io.dicom.resample_tilt`),
+            ``meta["dicom"]["tilt_resampled"]`` is True and ``meta["warnings"]`` says so.
+
+    Raises:
+        InputError: empty folder, no DICOM files, a DICOM file that cannot be read (named),
+            several series and no ``series_uid`` (the message lists every SeriesInstanceUID with
+            its description), an unknown ``series_uid``, RGB or complex voxels, a series larger
+            than the limits of :mod:`medseg.io.limits` (checked from the first file's header
+            before any pixel is decoded), a Siemens mosaic, slices in several orientations, 4D
+            data, missing slices or uneven slice spacing, a gantry tilt without
+            ``resample_tilt``, pixel data that cannot be decoded (naming the file).
+    """
+    import SimpleITK as sitk
+
+    path = Path(folder)
+    files = _series_files(path, series_uid)
+    _check_image_information(path, _dicom_header(files[0]), slices=len(files))
+    frames, headers = _ordered_stack(path, files)
+    geometry = check_positions(path, frames)
+    if geometry.tilt_deg and not resample_tilt:
+        raise InputError(path, f"gantry tilt of {geometry.tilt_deg:.2f}°: slice positions are sheared away from the "
+                         f"slice normal ({geometry.offset_mm:.2f} mm across the stack), so a regular grid would put "
+                         "slices in the wrong place; read it with --resample-tilt to resample onto a regular grid")
+    multi_frame = frames[0].frame is not None
     native = _NativeOutput()
     try:
         with native:
-            img = reader.Execute()
+            if multi_frame:
+                img = sitk.ReadImage(files[0])
+            else:
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames([fr.file for fr in frames])
+                img = reader.Execute()
     except RuntimeError as exc:
-        _check_decodable_files(chosen.files)
-        raise InputError(folder, f"DICOM series cannot be decoded ({_itk_detail(exc, native)})") from None
-    _check_sitk_image(folder, img)
-    meta = {"format": "dicom", "dicom": {"series_uid": chosen.uid, "description": chosen.description,
-                                         "modality": chosen.modality, "n_files": len(chosen.files)}}
-    vol = sitk_to_volume(img, source=str(folder), meta=meta)
-    _check_finite(folder, vol.array)
+        _check_decodable_files(files)
+        raise InputError(path, f"DICOM series cannot be decoded ({_itk_detail(exc, native)})") from None
+    _check_sitk_image(path, img)
+    provenance = series_provenance(folder, frames, headers)
+    meta = {"format": "dicom", "dicom": {**provenance, "n_files": len(files), "tilt_deg": geometry.tilt_deg,
+                                         "tilt_resampled": False}}
+    warnings = list(provenance["warnings"])
+    vol = sitk_to_volume(img, source=str(path), meta=meta)
+    if multi_frame or geometry.tilt_deg:
+        array = vol.array
+        if multi_frame:  # ITK keeps the file's frame order; slices go along the normal
+            if array.shape[2] != len(frames):
+                raise InputError(path, f"multi-frame DICOM decoded as {array.shape[2]} frames, its header lists "
+                                 f"{len(frames)}")
+            array = np.ascontiguousarray(array[:, :, [fr.frame - 1 for fr in frames]])
+        if geometry.tilt_deg:
+            array = resample_tilt(array, frames, geometry)
+            meta["dicom"]["tilt_resampled"] = True
+            note = (f"{path}: gantry tilt of {geometry.tilt_deg:.2f}° resampled onto a regular grid "
+                    f"({geometry.step_mm:.4g} mm along the slice normal, --resample-tilt)")
+            warnings.append(note)
+            _LOG.warning("%s", note)
+        affine = LPS_TO_RAS_4 @ stack_affine_lps(frames, geometry.step_mm)
+        vol = Volume(array=array, affine=affine, source=str(path), meta=meta)
+    if warnings:
+        vol.meta["warnings"] = warnings
+    _check_finite(path, vol.array)
     return vol
