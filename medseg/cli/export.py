@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from medseg.cli.app import app, handle_errors, notice, stage
+from medseg.cli.app import app, handle_errors, stage
 
 __all__ = ["export_command", "SEG_TYPE", "EMPTY_SEGMENTS", "dicom_export_options"]
 
@@ -71,7 +71,5 @@ def export_command(
     written = write_study_outputs(StudyOutput(labels=label_map, image=image, prediction=None, report=None),
                                   dicom_seg=outputs.get("--seg"), rtstruct=outputs.get("--rtstruct"), names=names,
                                   dicom_options=options, labels_file=labels)
-    for warning in image.meta.get("warnings", []):
-        notice(warning)
     for path in written.values():
         typer.echo(f"wrote {path}")

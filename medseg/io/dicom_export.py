@@ -140,6 +140,15 @@ def _provenance_headers(folder: Path, provenance: dict[str, Any]) -> list:
     return headers
 
 
+def _reference(folder: Path, provenance: dict[str, Any]) -> DicomReference:
+    headers = _provenance_headers(folder, provenance)
+    for ds in headers:
+        for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+            if key not in ds or ds[key].value in (None, ""):
+                raise InputError(ds.filename, f"DICOM slice without {key}: a segmentation cannot be placed on it")
+    return DicomReference(folder=folder, headers=headers, notes=list(provenance.get("warnings", [])))
+
+
 def dicom_reference(folder: str | Path, series_uid: str | None = None) -> DicomReference:
     """The :class:`DicomReference` of the one series in ``folder`` (or the one ``series_uid`` names).
 
@@ -150,27 +159,25 @@ def dicom_reference(folder: str | Path, series_uid: str | None = None) -> DicomR
     from medseg.io import dicom_provenance
 
     folder = Path(folder)
-    provenance = dicom_provenance(folder, series_uid=series_uid)
-    headers = _provenance_headers(folder, provenance)
-    for ds in headers:
-        for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            if key not in ds or ds[key].value in (None, ""):
-                raise InputError(ds.filename, f"DICOM slice without {key}: a segmentation cannot be placed on it")
-    return DicomReference(folder=folder, headers=headers, notes=list(provenance.get("warnings", [])))
+    return _reference(folder, dicom_provenance(folder, series_uid=series_uid))
 
 
 def series_reference(image: Volume) -> DicomReference:
-    """The :class:`DicomReference` of the series an image was read from (:func:`medseg.io.read_volume`
-    of a DICOM folder).
+    """The :class:`DicomReference` of the series an image was read from (its ``meta["dicom"]``,
+    the provenance :func:`medseg.io.read_volume` keeps for a DICOM folder).
 
     Raises:
-        InputError: the image did not come from a DICOM series.
+        InputError: the image did not come from a DICOM series, or was resampled for a gantry
+            tilt (its voxels are no longer the series' pixels).
     """
-    dicom = image.meta.get("dicom")
-    if image.meta.get("format") != "dicom" or not dicom or image.source is None:
+    provenance = image.meta.get("dicom")
+    if image.meta.get("format") != "dicom" or not provenance or "instances" not in provenance:
         raise InputError(image.source or "image", "is not a DICOM series: DICOM-SEG and RTSTRUCT refer to the "
                          "series a segmentation was made from")
-    return dicom_reference(image.source, series_uid=dicom.get("series_uid") or None)
+    if provenance.get("tilt_resampled"):
+        raise InputError(image.source, "was resampled for its gantry tilt: a segmentation of the resampled volume "
+                         "is not on the series' slices, so DICOM-SEG and RTSTRUCT cannot refer to them")
+    return _reference(Path(provenance.get("series_dir") or image.source), provenance)
 
 
 def _check_slices(ref: DicomReference, affine: np.ndarray) -> None:
@@ -374,5 +381,11 @@ def rtstruct_dataset(labels: Volume, ref: DicomReference, names: Mapping[int, st
     ds.SoftwareVersions = _software_version()
     ds.InstitutionName = str(getattr(first, "InstitutionName", "") or "")
     ds.StructureSetLabel = "medseg"
+    # Type 1/2 attributes of the General Study, RT Series and Frame of Reference modules rt-utils leaves out
+    ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    ds.PositionReferenceIndicator = str(getattr(first, "PositionReferenceIndicator", "") or "")
+    ds.ReferringPhysicianName = str(getattr(first, "ReferringPhysicianName", "") or "")
+    ds.AccessionNumber = str(getattr(first, "AccessionNumber", "") or "")
+    ds.OperatorsName = ""
     ds.SeriesDescription = f"medseg structures of {str(getattr(first, 'SeriesDescription', '') or 'series')}"[:64]
     return ds

@@ -21,7 +21,7 @@ import numpy as np
 
 from medseg.io.volume import Volume
 
-__all__ = ["MIN_PIXELS", "label_colours", "preview_planes", "preview_rgb", "preview_png", "write_preview"]
+__all__ = ["MIN_PIXELS", "label_colours", "preview_planes", "preview_labels", "preview_rgb", "preview_png", "write_preview"]
 
 # Gap between panels (pixels) and its colour; the image window (HU) of a CT, else percentiles.
 _GAP = 4
@@ -115,6 +115,36 @@ def _grey(image: np.ndarray, ct: bool) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
+def _panels(image: Volume | None, labels: Volume, lesions_voxel: Sequence[Sequence[float]]):
+    """``(grey, labels)`` planes of the preview, upsampled to square pixels (``grey`` None without image)."""
+    lab, spacing = _canonical(labels)
+    img = _canonical(image)[0] if image is not None else None
+    # square pixels of the finest spacing, or finer so that the largest extent spans MIN_PIXELS
+    step = min(min(spacing), max(n * s for n, s in zip(lab.shape, spacing)) / MIN_PIXELS)
+    for axis, index in preview_planes(labels, lesions_voxel):
+        rmm, cmm = _plane_spacing(spacing, axis)
+        grey = None if img is None else _upsample(_plane(img, axis, index), rmm, cmm, step)
+        yield grey, _upsample(_plane(lab, axis, index), rmm, cmm, step)
+
+
+def _compose(panels: Sequence[np.ndarray], fill) -> np.ndarray:
+    """Panels side by side, :data:`_GAP` pixels apart, top-aligned; ``fill`` elsewhere."""
+    height = max(p.shape[0] for p in panels)
+    width = sum(p.shape[1] for p in panels) + _GAP * (len(panels) - 1)
+    out = np.empty((height, width) + panels[0].shape[2:], dtype=panels[0].dtype)
+    out[:] = fill
+    x = 0
+    for p in panels:
+        out[: p.shape[0], x: x + p.shape[1]] = p
+        x += p.shape[1] + _GAP
+    return out
+
+
+def preview_labels(labels: Volume, lesions_voxel: Sequence[Sequence[float]] = ()) -> np.ndarray:
+    """The label ids under each pixel of :func:`preview_rgb` ``(H, W)`` (0 between panels)."""
+    return _compose([lab for _, lab in _panels(None, labels, lesions_voxel)], 0)
+
+
 def preview_rgb(image: Volume, labels: Volume, names: Mapping[int, str],
                 lesions_voxel: Sequence[Sequence[float]] = (), *, ct: bool | None = None) -> np.ndarray:
     """The preview as an RGB array ``(H, W, 3)`` uint8 (see the module docstring).
@@ -129,40 +159,25 @@ def preview_rgb(image: Volume, labels: Volume, names: Mapping[int, str],
     """
     if image.shape != labels.shape:
         raise ValueError(f"labels of shape {labels.shape} are not on the image's grid {image.shape}")
-    img, spacing = _canonical(image)
-    lab, _ = _canonical(labels.with_array(np.asarray(labels.array)))
-    img = img.astype(np.float32)
+    values = np.asarray(image.array, dtype=np.float32)
     if ct is None:
-        ct = bool(img.size) and float(np.nanmin(img)) < -500
-    lo, hi = _grey(img, ct)
-    colours = label_colours(names)
+        ct = bool(values.size) and float(np.nanmin(values)) < -500
+    lo, hi = _grey(values, ct)
     from medseg.io import structure_code
 
-    for value in np.unique(lab):
+    colours = label_colours(names)
+    for value in np.unique(np.asarray(labels.array)):
         if int(value) != 0 and int(value) not in colours:
             colours[int(value)] = structure_code(f"label {int(value)}").rgb
-    # square pixels of the finest spacing, or finer so that the largest extent spans MIN_PIXELS
-    step = min(min(spacing), max(n * s for n, s in zip(img.shape, spacing)) / MIN_PIXELS)
     panels = []
-    for axis, index in preview_planes(labels, lesions_voxel):
-        rmm, cmm = _plane_spacing(spacing, axis)
-        grey = _upsample(_plane(img, axis, index), rmm, cmm, step)
-        plane_lab = _upsample(_plane(lab, axis, index), rmm, cmm, step)
-        g = np.clip((grey - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    for grey, plane_lab in _panels(image, labels, lesions_voxel):
+        g = np.clip((grey.astype(np.float32) - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
         rgb = np.repeat(g[..., None], 3, axis=2)
         edge = _outline(plane_lab)
         for value, colour in colours.items():
             rgb[edge & (plane_lab == value)] = colour
         panels.append(rgb)
-    height = max(p.shape[0] for p in panels)
-    width = sum(p.shape[1] for p in panels) + _GAP * (len(panels) - 1)
-    out = np.empty((height, width, 3), dtype=np.uint8)
-    out[:] = _GAP_RGB
-    x = 0
-    for p in panels:
-        out[: p.shape[0], x: x + p.shape[1]] = p
-        x += p.shape[1] + _GAP
-    return out
+    return _compose(panels, _GAP_RGB)
 
 
 def preview_png(image: Volume, labels: Volume, names: Mapping[int, str],
