@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from medseg.phantoms import PHANTOM_LABELS, make_phantom
-from medseg.report.preview import label_colours, preview_labels, preview_png
+from medseg.report.preview import MIN_PIXELS, label_colours, preview_labels, preview_png
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -41,8 +41,8 @@ def test_radiological_view_whatever_the_grid():
     for orientation in ("RAS", "LPS"):
         study = make_phantom(0, shape=(60, 56, 40), orientation=orientation)
         under = preview_labels(study.label)
-        gap = np.flatnonzero(~under.any(axis=0))
-        axial = under[:, : gap[np.argmax(gap > 0)]] if gap.size else under  # the first panel
+        step = min(3.0, 60 * 3.0 / MIN_PIXELS)  # 3 mm voxels; the largest extent is 60 voxels
+        axial = under[:, : round(60 * 3.0 / step)]  # the first panel: the patient's x across
         cols = np.nonzero(axial == 1)[1]
         assert cols.size and cols.mean() < axial.shape[1] / 2, orientation
 
