@@ -31,7 +31,9 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
                     tta: bool = False, device: str = "auto", dask_address: str | None = None,
                     workers: int = 0, verify: bool = False, folds: list[int] | None = None,
                     checkpoint: str = "final", task: str | None = None,
-                    step_size: float | None = None) -> dict[str, Any]:
+                    step_size: float | None = None, dicom_seg: bool = False, rtstruct: bool = False,
+                    seg_type: str = "binary", empty_segments: str = "drop",
+                    lesion_labels: list[str] | None = None) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
 
     Args:
@@ -52,11 +54,16 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
             and inode keeps its recorded hash).
         folds, checkpoint, task, step_size: how to run the model folder
             (:class:`~medseg.inference.kinds.ModelOptions`).
+        dicom_seg, rtstruct, seg_type, empty_segments: DICOM-SEG / RTSTRUCT of each study read
+            from a DICOM series (:class:`~medseg.batch.BatchOptions`).
+        lesion_labels: the evaluation's lesion classes (names or ids; ``None``: from the names).
 
     Returns:
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
     """
     options = BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta, folds=folds,
-                           checkpoint=checkpoint, task=task, step_size=step_size)
+                           checkpoint=checkpoint, task=task, step_size=step_size, dicom_seg=dicom_seg,
+                           rtstruct=rtstruct, seg_type=seg_type, empty_segments=empty_segments,
+                           lesion_labels=lesion_labels)
     job = SegmentJob(archive, model_dir, options, device)
     return run_job(job, out_dir, runner=PrefectRunner(make_task_runner(dask_address, workers)), verify=verify)
