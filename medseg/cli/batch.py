@@ -61,12 +61,19 @@ def _quiet_prefect_console() -> None:
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 
-def _check_inputs(archive: Path, model: Path, options, crf: bool) -> None:
+def _check_inputs(archive: Path, model: Path, options, crf: bool, lesion_labels: list[str] | None = None) -> None:
     from medseg.errors import InputError
 
     if not archive.exists():
         raise InputError(archive, "archive does not exist (expected a folder of scans or a manifest CSV)")
-    describe(model, options, crf=crf)  # InputError when it is not a model folder of a known kind
+    info = describe(model, options, crf=crf)  # InputError when it is not a model folder of a known kind
+    if lesion_labels is not None:
+        from medseg.measure.lesions import resolve_lesion_labels
+
+        try:
+            resolve_lesion_labels(lesion_labels, dict(info.labels))
+        except ValueError as exc:
+            raise InputError(model, f"--lesion-labels: {exc}") from None
 
 
 def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, components: bool, tta: bool, device: str,
@@ -156,7 +163,7 @@ def batch_command(
     """
     options = model_options(folds, checkpoint, task, step_size)
     outputs = _output_parameters(dicom_seg, rtstruct, seg_type, empty_segments, lesion_labels)
-    _check_inputs(archive, model, options, crf)
+    _check_inputs(archive, model, options, crf, outputs["lesion_labels"])
     _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
     record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -41,7 +40,6 @@ EMPTY_SEGMENTS = ("drop", "keep")
 SegType = Literal["binary", "labelmap"]
 Empty = Literal["drop", "keep"]
 
-_LOG = logging.getLogger("medseg.io")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Voxel centres of a segmentation and its series may differ by this much (mm) and still be one grid.
 GRID_TOLERANCE_MM = 1e-3

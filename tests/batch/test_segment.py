@@ -177,3 +177,10 @@ def test_batch_writes_previews_dicom_outputs_for_dicom_studies_and_a_lesion_repo
     # a second run with the same options redoes nothing
     assert run_batch(archive, phantom_model, out, BatchOptions(dicom_seg=True, rtstruct=True),
                      device="cpu")["processed"] == []
+
+
+def test_unknown_lesion_label_is_refused_before_any_study(phantom_model, small_archive, tmp_path, cli):
+    out = tmp_path / "out"
+    r = cli("batch", small_archive, "--model", phantom_model, "--out", out, "--lesion-labels", "pancreas")
+    assert r.returncode == 1 and r.stderr.count("medseg: error:") == 1
+    assert "'pancreas' is not a label name" in r.stderr and not out.exists()
