@@ -317,13 +317,17 @@ def _evaluate(out_dir: Path, pairs: list[tuple[Study, dict]], labels: dict[int, 
 
 def _add_lesion_planes(out_dir: Path, study: Study, state: dict, labels: dict[int, str],
                        missed: list[list[float]]) -> None:
-    """Draw a study's preview again with an axial plane through each missed lesion (voxel centroids)."""
-    from medseg.io import read_channels, read_label
-    from medseg.report.preview import write_preview
+    """Draw a study's preview again with an axial plane through each missed lesion (voxel
+    centroids); the file is rewritten only when the picture changes."""
+    from medseg.io import atomic_write_bytes, read_channels, read_label
+    from medseg.report.preview import preview_png
 
     image = read_channels(study.sources, series_uid=study.series_uid)[0]
     seg = read_label(out_dir / state["outputs"]["segmentation"], image)
-    write_preview(image, seg, labels, out_dir / state["outputs"]["preview"], lesions_voxel=missed)
+    png = preview_png(image, seg, labels, lesions_voxel=missed)
+    path = out_dir / state["outputs"]["preview"]
+    if not path.is_file() or path.read_bytes() != png:
+        atomic_write_bytes(path, png)
 
 
 def _commit_dir(staging: Path, final: Path) -> None:
