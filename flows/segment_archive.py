@@ -33,7 +33,9 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
                     checkpoint: str = "final", task: str | None = None,
                     step_size: float | None = None, backend: str = "auto", precision: str = "f32",
                     calibration: list[list[str]] | None = None,
-                    resample_tilt: bool = False) -> dict[str, Any]:
+                    resample_tilt: bool = False, dicom_seg: bool = False, rtstruct: bool = False,
+                    seg_type: str = "binary", empty_segments: str = "drop",
+                    lesion_labels: list[str] | None = None) -> dict[str, Any]:
     """Segment the new or changed studies of ``archive`` with the model in ``model_dir`` into ``out_dir``.
 
     Args:
@@ -57,6 +59,9 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
             calibration studies, each a list of channel paths).
         resample_tilt: resample gantry-tilted DICOM stacks onto a regular grid instead of
             failing them.
+        dicom_seg, rtstruct, seg_type, empty_segments: DICOM-SEG / RTSTRUCT of each study read
+            from a DICOM series (:class:`~medseg.batch.BatchOptions`).
+        lesion_labels: the evaluation's lesion classes (names or ids; ``None``: from the names).
 
     Returns:
         The run record: ``processed``, ``failed``, ``skipped`` study ids, ``reports`` paths...
@@ -64,6 +69,7 @@ def segment_archive(archive: str, model_dir: str, out_dir: str, crf: bool = Fals
     options = BatchOptions(crf=crf, crf_config=crf_config, components=components, tta=tta, folds=folds,
                            checkpoint=checkpoint, task=task, step_size=step_size, backend=backend,
                            precision=precision, calibration=calibration,
-                           resample_tilt=resample_tilt)
+                           resample_tilt=resample_tilt, dicom_seg=dicom_seg, rtstruct=rtstruct,
+                           seg_type=seg_type, empty_segments=empty_segments, lesion_labels=lesion_labels)
     job = SegmentJob(archive, model_dir, options, device)
     return run_job(job, out_dir, runner=PrefectRunner(make_task_runner(dask_address, workers)), verify=verify)

@@ -7,6 +7,8 @@ Outputs under ``OUT``::
 
     OUT/studies/<study>/segmentation.nii.gz   labels on the study's exact grid
     OUT/studies/<study>/volumes.json          the volume report (DESIGN.md format)
+    OUT/studies/<study>/preview.png           QC preview: label outlines on three planes (and each missed lesion)
+    OUT/studies/<study>/seg.dcm, rtstruct.dcm with --dicom-seg / --rtstruct, for studies read from DICOM
     OUT/volumes.csv, OUT/volumes.html         every finished study × structure
     OUT/evaluation/                           Dice/HD95/NSD and lesion-wise recall, when references exist
     OUT/state/, OUT/failures.csv, OUT/runs/   see :mod:`medseg.batch.state`
@@ -25,7 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,12 +37,15 @@ from medseg.errors import InputError
 from medseg.io.files import update_hash
 
 __all__ = ["BatchOptions", "SegmentJob", "run_batch", "STUDIES_DIR", "EVALUATION_DIR",
-           "SEGMENTATION_FILE", "VOLUMES_FILE"]
+           "SEGMENTATION_FILE", "VOLUMES_FILE", "PREVIEW_FILE", "DICOM_SEG_FILE", "RTSTRUCT_FILE"]
 
 STUDIES_DIR = "studies"
 EVALUATION_DIR = "evaluation"
 SEGMENTATION_FILE = "segmentation.nii.gz"
 VOLUMES_FILE = "volumes.json"
+PREVIEW_FILE = "preview.png"
+DICOM_SEG_FILE = "seg.dcm"
+RTSTRUCT_FILE = "rtstruct.dcm"
 
 
 class BatchOptions(BaseModel):
@@ -60,6 +65,11 @@ class BatchOptions(BaseModel):
             for int8 the calibration studies (each a list of channel paths).
         resample_tilt: read gantry-tilted DICOM stacks resampled onto a regular grid
             (:func:`medseg.io.read_dicom_series`) instead of failing them.
+        dicom_seg, rtstruct: also write ``seg.dcm`` / ``rtstruct.dcm`` for each study read from a
+            DICOM series; ``seg_type`` and ``empty_segments`` as :class:`~medseg.io.DicomExportOptions`.
+        lesion_labels: the lesion classes of the evaluation (label names or ids; ``None``: from
+            the names, :func:`medseg.measure.lesions.default_lesion_labels`). The evaluation is
+            redone at the end of every run, so changing it redoes no study.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -80,6 +90,19 @@ class BatchOptions(BaseModel):
     precision: str = "f32"
     calibration: list[list[str]] | None = None
     resample_tilt: bool = False
+    dicom_seg: bool = False
+    rtstruct: bool = False
+    seg_type: Literal["binary", "labelmap"] = "binary"
+    empty_segments: Literal["drop", "keep"] = "drop"
+    lesion_labels: list[str] | None = None
+
+    def dicom_key(self) -> dict[str, Any]:
+        """The DICOM outputs asked for (part of a run's configuration key; empty without them,
+        so the keys of earlier output folders stay the same)."""
+        if not (self.dicom_seg or self.rtstruct):
+            return {}
+        return {"dicom_seg": self.dicom_seg, "rtstruct": self.rtstruct, "seg_type": self.seg_type,
+                "empty_segments": self.empty_segments}
 
     def model_options(self):
         """The :class:`~medseg.inference.kinds.ModelOptions` these options name.
@@ -181,6 +204,8 @@ class SegmentJob:
             fields["model"] = o.model_key()
         if o.resample_tilt:
             fields["resample_tilt"] = True
+        if o.dicom_key():
+            fields["dicom"] = o.dicom_key()
         keyed = json.dumps(fields, separators=(",", ":"))
 
         def compute() -> str:
@@ -220,14 +245,25 @@ class SegmentJob:
         staging = final.with_name(f".{study.study_id}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        o = self.options
+        from_dicom = images[0].meta.get("format") == "dicom"
+        dicom_files = {"dicom_seg": DICOM_SEG_FILE if o.dicom_seg and from_dicom else None,
+                       "rtstruct": RTSTRUCT_FILE if o.rtstruct and from_dicom else None}
+        from medseg.io.dicom_export import DicomExportOptions
+
         try:
-            write_study_outputs(output, segmentation=staging / SEGMENTATION_FILE, volumes=staging / VOLUMES_FILE)
+            written = write_study_outputs(
+                output, segmentation=staging / SEGMENTATION_FILE, volumes=staging / VOLUMES_FILE,
+                preview=staging / PREVIEW_FILE, names=predictor.label_names,
+                dicom_seg=dicom_files["dicom_seg"] and staging / dicom_files["dicom_seg"],
+                rtstruct=dicom_files["rtstruct"] and staging / dicom_files["rtstruct"],
+                dicom_options=DicomExportOptions(seg_type=o.seg_type, empty=o.empty_segments))
             _commit_dir(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         rel = f"{STUDIES_DIR}/{study.study_id}"
         warnings = [w for image in images for w in image.meta.get("warnings", [])]
-        return ({"segmentation": f"{rel}/{SEGMENTATION_FILE}", "volumes": f"{rel}/{VOLUMES_FILE}"},
+        return ({key: f"{rel}/{path.name}" for key, path in written.items()},
                 {"warnings": warnings} if warnings else {})
 
     def discard(self, out_dir: Path, state: dict[str, Any]) -> None:
@@ -252,12 +288,19 @@ class SegmentJob:
                 report = json.loads((out_dir / state["outputs"]["volumes"]).read_text(encoding="utf-8"))
                 report.setdefault("study", s.study_id)
                 reports.append(report)
-            write_batch_volume_reports(reports, files["volumes_csv"], files["volumes_html"])
+            previews = {s.study_id: state["outputs"]["preview"] for s, state in done if "preview" in state["outputs"]}
+            write_batch_volume_reports(reports, files["volumes_csv"], files["volumes_html"], previews=previews)
         else:
             for name in ("volumes.csv", "volumes.html"):
                 (out_dir / name).unlink(missing_ok=True)
         labels = dict(self._info().labels)
-        evaluation, failures = _evaluate(out_dir, [(s, st) for s, st in done if s.label], labels)
+        from medseg.measure.lesions import resolve_lesion_labels
+
+        try:
+            lesion_ids = resolve_lesion_labels(self.options.lesion_labels, labels)
+        except ValueError as exc:
+            raise InputError(self.model_dir, f"--lesion-labels: {exc}") from None
+        evaluation, failures = _evaluate(out_dir, [(s, st) for s, st in done if s.label], labels, lesion_ids)
         if evaluation:
             files.update({f"evaluation_{name}": str(path) for name, path in evaluation.items()})
         else:
@@ -265,8 +308,8 @@ class SegmentJob:
         return files, failures
 
 
-def _evaluate(out_dir: Path, pairs: list[tuple[Study, dict]],
-              labels: dict[int, str]) -> tuple[dict[str, Path], list[dict]]:
+def _evaluate(out_dir: Path, pairs: list[tuple[Study, dict]], labels: dict[int, str],
+              lesion_ids: list[int]) -> tuple[dict[str, Path], list[dict]]:
     """Evaluate every finished study that has a reference into ``OUT/evaluation``; a reference
     that cannot be evaluated (missing, not on the study's grid…) is a failure row of its own
     (stage ``evaluate``) and the others are evaluated. Returns the files written (none when no
@@ -283,8 +326,29 @@ def _evaluate(out_dir: Path, pairs: list[tuple[Study, dict]],
     if not cases:
         return {}, failures
     summary = summarize(cases, labels, reference="per-study references (manifest labels or labels/ folder)",
-                        prediction=str(out_dir / STUDIES_DIR))
+                        prediction=str(out_dir / STUDIES_DIR), lesion_labels=lesion_ids)
+    by_id = {s.study_id: (s, state) for s, state in pairs}
+    for case in cases:  # the preview shows an axial plane through every missed lesion
+        missed = [les.centroid_voxel for label in lesion_ids for les in case.lesions[label].lesions if not les.detected]
+        study, state = by_id[case.entry["case"]]
+        if missed and "preview" in state["outputs"]:
+            _add_lesion_planes(out_dir, study, state, labels, missed)
     return write_evaluation(summary, cases, out_dir / EVALUATION_DIR), failures
+
+
+def _add_lesion_planes(out_dir: Path, study: Study, state: dict, labels: dict[int, str],
+                       missed: list[list[float]]) -> None:
+    """Draw a study's preview again with an axial plane through each missed lesion (voxel
+    centroids); the file is rewritten only when the picture changes."""
+    from medseg.io import atomic_write_bytes, read_channels, read_label
+    from medseg.report.preview import preview_png
+
+    image = read_channels(study.sources, series_uid=study.series_uid)[0]
+    seg = read_label(out_dir / state["outputs"]["segmentation"], image)
+    png = preview_png(image, seg, labels, lesions_voxel=missed)
+    path = out_dir / state["outputs"]["preview"]
+    if not path.is_file() or path.read_bytes() != png:
+        atomic_write_bytes(path, png)
 
 
 def _commit_dir(staging: Path, final: Path) -> None:

@@ -21,6 +21,11 @@ from medseg.cli.model_options import (
     describe,
     model_options,
 )
+from medseg.cli.export import EMPTY_SEGMENTS, SEG_TYPE
+
+LESION_LABELS = typer.Option("auto", "--lesion-labels", metavar="auto|none|NAME,...",
+                             help="Which labels the evaluation counts as lesion classes (names or ids); auto: those "
+                                  "named tumour, lesion, metastasis, nodule, cyst, oedema, necrosis, enhancing…")
 
 __all__ = ["batch_command", "schedule_command", "run_batch_flow"]
 
@@ -67,20 +72,27 @@ def _quiet_prefect_console() -> None:
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 
-def _check_inputs(archive: Path, model: Path, options, crf: bool) -> None:
+def _check_inputs(archive: Path, model: Path, options, crf: bool, lesion_labels: list[str] | None = None) -> None:
     from medseg.errors import InputError
 
     if not archive.exists():
         raise InputError(archive, "archive does not exist (expected a folder of scans or a manifest CSV)")
-    describe(model, options, crf=crf)  # InputError when it is not a model folder of a known kind
+    info = describe(model, options, crf=crf)  # InputError when it is not a model folder of a known kind
     from medseg.inference.backends import require_backend
 
     require_backend(options.backend)
+    if lesion_labels is not None:
+        from medseg.measure.lesions import resolve_lesion_labels
+
+        try:
+            resolve_lesion_labels(lesion_labels, dict(info.labels))
+        except ValueError as exc:
+            raise InputError(model, f"--lesion-labels: {exc}") from None
 
 
 def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, components: bool, tta: bool, device: str,
                      dask_address: str | None, workers: int, verify: bool = False, options=None,
-                     resample_tilt: bool = False) -> dict:
+                     resample_tilt: bool = False, outputs: dict | None = None) -> dict:
     """The ``segment-archive`` flow's parameters for the CLI's options (one place for batch and schedule)."""
     from medseg.inference.pipeline import DEFAULT_COMPONENTS
 
@@ -92,22 +104,37 @@ def _flow_parameters(archive: Path, model: Path, out: Path, *, crf: bool, compon
                       task=options.task, step_size=options.step_size, backend=options.backend,
                       precision=options.precision,
                       calibration=[list(s) for s in options.calibration] if options.calibration else None)
+    params.update(outputs or {})
     return params
 
 
 def run_batch_flow(archive: Path, model: Path, out: Path, *, crf: bool = False, components: bool = False,
                    tta: bool = False, device: str = "auto", dask_address: str | None = None,
-                   workers: int = 0, verify: bool = False, options=None, resample_tilt: bool = False) -> dict:
+                   workers: int = 0, verify: bool = False, options=None, resample_tilt: bool = False,
+                   outputs: dict | None = None) -> dict:
     """Run the ``segment-archive`` flow once (on the configured Prefect API, or a temporary one).
 
-    ``options``: :class:`~medseg.inference.kinds.ModelOptions` (folds, checkpoint, task, step size).
+    ``options``: :class:`~medseg.inference.kinds.ModelOptions` (folds, checkpoint, task, step size);
+    ``outputs``: the flow's DICOM output and lesion-label parameters (:func:`_output_parameters`).
     """
     from flows.segment_archive import segment_archive
 
     _quiet_prefect_console()
     return segment_archive(**_flow_parameters(archive, model, out, crf=crf, components=components, tta=tta,
                                               device=device, dask_address=dask_address, workers=workers,
-                                              verify=verify, options=options, resample_tilt=resample_tilt))
+                                              verify=verify, options=options, resample_tilt=resample_tilt,
+                                              outputs=outputs))
+
+
+def _output_parameters(dicom_seg: bool, rtstruct: bool, seg_type: str, empty_segments: str,
+                       lesion_labels: str) -> dict:
+    """The flow's DICOM output and lesion-label parameters of the command line's values."""
+    from medseg.cli.export import dicom_export_options
+
+    options = dicom_export_options(seg_type, empty_segments)
+    labels = None if lesion_labels.strip().lower() == "auto" else [t.strip() for t in lesion_labels.split(",") if t.strip()]
+    return {"dicom_seg": dicom_seg, "rtstruct": rtstruct, "seg_type": options.seg_type,
+            "empty_segments": options.empty, "lesion_labels": labels}
 
 
 def _print_record(record: dict, out: Path) -> None:
@@ -143,6 +170,13 @@ def batch_command(
     backend: str = BACKEND,
     precision: str = PRECISION,
     calibrate: Optional[List[Path]] = CALIBRATE,
+    dicom_seg: bool = typer.Option(False, "--dicom-seg", help="Also write studies/<id>/seg.dcm (DICOM-SEG) for "
+                                   "each study read from a DICOM series."),
+    rtstruct: bool = typer.Option(False, "--rtstruct", help="Also write studies/<id>/rtstruct.dcm (RTSTRUCT) for "
+                                  "each study read from a DICOM series."),
+    seg_type: str = SEG_TYPE,
+    empty_segments: str = EMPTY_SEGMENTS,
+    lesion_labels: str = LESION_LABELS,
 ) -> None:
     """Segment the new or changed studies of ARCHIVE once (a Prefect flow run).
 
@@ -150,12 +184,13 @@ def batch_command(
     1 when the run could not start (bad model or options), 4 when another run holds OUT.
     """
     options = model_options(folds, checkpoint, task, step_size, backend, precision, calibrate)
-    _check_inputs(archive, model, options, crf)
+    outputs = _output_parameters(dicom_seg, rtstruct, seg_type, empty_segments, lesion_labels)
+    _check_inputs(archive, model, options, crf, outputs["lesion_labels"])
     _prefect_env()
     stage(f"segmenting {archive} with {model} into {out}")
     record = run_batch_flow(archive, model, out, crf=crf, components=components, tta=tta, device=device,
                             dask_address=dask_address, workers=workers, verify=verify, options=options,
-                            resample_tilt=resample_tilt)
+                            resample_tilt=resample_tilt, outputs=outputs)
     _print_record(record, out)
     from medseg.errors import run_exit_code
 

@@ -22,6 +22,10 @@ def evaluate(
                                          help="Fraction of a reference lesion that must be covered to count as detected."),
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0, help="Normalised surface Dice tolerance (mm)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image file or folder (same names) drawn under the missed-lesion thumbnails."),
+    lesion_labels: str = typer.Option("auto", "--lesion-labels", metavar="auto|none|NAME,...",
+                                      help="Which labels are lesion classes (names or ids, comma-separated); auto: "
+                                           "those named tumour, lesion, metastasis, nodule, cyst, oedema, necrosis, "
+                                           "enhancing…; the recall report headlines only these."),
 ) -> None:
     """Dice, IoU, HD95, NSD per case and label; lesion-wise recall/precision; summary.json + report.html."""
     from medseg.errors import InputError
@@ -35,9 +39,19 @@ def evaluate(
         if src.exists() and output.exists() and output.resolve() == src.resolve():
             raise InputError(output, "the output folder is an input folder; choose another -o")
     names = read_labels(labels) if labels is not None else None
+    lesion_ids = None
+    if lesion_labels.strip().lower() != "auto":
+        from medseg.measure.lesions import resolve_lesion_labels
+
+        if names is None:
+            raise MedsegError("--lesion-labels NAME,... needs --labels (the names to choose from)")
+        try:
+            lesion_ids = resolve_lesion_labels(lesion_labels, names)
+        except ValueError as exc:
+            raise InputError(labels, f"--lesion-labels: {exc}") from None
     stage(f"evaluating {pred} against {ref}")
     summary, cases = run_evaluation(pred, ref, labels=names, lesion_overlap=lesion_overlap,
-                                    nsd_tolerance_mm=nsd_tolerance, images=images)
+                                    nsd_tolerance_mm=nsd_tolerance, images=images, lesion_labels=lesion_ids)
     write_evaluation(summary, cases, output)
     for failure in summary.get("failures", []):
         typer.echo(f"medseg: error: {failure['error']}", err=True)

@@ -23,6 +23,7 @@ from medseg.cli.model_options import (
     describe,
     model_options,
 )
+from medseg.cli.export import EMPTY_SEGMENTS, SEG_TYPE, dicom_export_options
 from medseg.errors import MedsegError
 
 __all__ = ["segment"]
@@ -59,6 +60,14 @@ def segment(
     backend: str = BACKEND,
     precision: str = PRECISION,
     calibrate: Optional[List[Path]] = CALIBRATE,
+    dicom_seg: Optional[Path] = typer.Option(None, "--dicom-seg", help="Also write a DICOM-SEG (.dcm) referring to "
+                                             "the input DICOM series."),
+    rtstruct: Optional[Path] = typer.Option(None, "--rtstruct", help="Also write an RTSTRUCT (.dcm) referring to "
+                                            "the input DICOM series."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a QC preview (.png): label outlines "
+                                           "on axial, coronal and sagittal planes."),
+    seg_type: str = SEG_TYPE,
+    empty_segments: str = EMPTY_SEGMENTS,
 ) -> None:
     """Segment the study INPUT... with MODEL and write OUTPUT (exactly the input's shape and affine)."""
     from medseg.errors import InputError
@@ -75,7 +84,9 @@ def segment(
     from medseg.inference.kinds import load_predictor
     from medseg.inference.segment import check_output_paths
 
-    check_output_paths(inputs, {"-o": output, "--probabilities": probabilities, "--volumes": volumes})
+    dicom_options = dicom_export_options(seg_type, empty_segments)
+    check_output_paths(inputs, {"-o": output, "--probabilities": probabilities, "--volumes": volumes,
+                                "--dicom-seg": dicom_seg, "--rtstruct": rtstruct, "--preview": preview})
     for path in inputs:
         if not path.exists():
             from medseg.io.files import missing_problem
@@ -102,7 +113,9 @@ def segment(
     stage(f"network on {predictor.backend}")
     prediction = segment_file(inputs, predictor, output, options=options, volumes_path=volumes,
                               probabilities_path=probabilities, series_uid=series,
-                              resample_tilt=resample_tilt, progress=stage)
+                              resample_tilt=resample_tilt, progress=stage,
+                              dicom_seg_path=dicom_seg, rtstruct_path=rtstruct, preview_path=preview,
+                              dicom_options=dicom_options)
     t = prediction.timings
     stage("done in " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
     from medseg.measure import present_labels

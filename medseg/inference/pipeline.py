@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -164,22 +164,56 @@ def run_study(images: Volume | Sequence[Volume], predictor, options: StudyOption
     return StudyOutput(labels=labels, image=vols[0], prediction=prediction, report=report, timings=timings)
 
 
-def write_study_outputs(output: StudyOutput, *, segmentation: str | Path, volumes: str | Path | None = None,
-                        probabilities: str | Path | None = None) -> dict[str, Path]:
-    """Write a study's outputs, all or none: each goes to a temporary name, and they are renamed
-    into place together once every one is complete.
+def write_study_outputs(output: StudyOutput, *, segmentation: str | Path | None = None,
+                        volumes: str | Path | None = None, probabilities: str | Path | None = None,
+                        dicom_seg: str | Path | None = None, rtstruct: str | Path | None = None,
+                        preview: str | Path | None = None, names: Mapping[int, str] | None = None,
+                        dicom_options=None, labels_file: str | Path | None = None,
+                        lesions_voxel: Sequence[Sequence[float]] = ()) -> dict[str, Path]:
+    """Write a study's outputs, all or none: everything is computed first, each file goes to a
+    temporary name, and they are renamed into place together once every one is complete.
 
     Args:
         segmentation: the label map (NIfTI keeps the input's header codes; or .nrrd/.mha).
         volumes: the volume report (``.json``, ``.csv`` or ``.html``).
         probabilities: 4D NIfTI ``(X, Y, Z, C)`` float16 probabilities on the input grid (after
             the CRF when it ran); the study must have been run with ``keep_probabilities``.
+        dicom_seg, rtstruct: DICOM-SEG and RTSTRUCT referring to the DICOM series ``output.image``
+            was read from (:mod:`medseg.io.dicom_export`), segments named by ``names``.
+        preview: the QC preview PNG (:mod:`medseg.report.preview`), with an axial plane through
+            each of ``lesions_voxel`` (voxel positions).
+        names: label id → structure name (DICOM segments, preview colours).
+        dicom_options: :class:`~medseg.io.DicomExportOptions` (SEG encoding, empty segments).
+        labels_file: the file ``names`` came from (named when a label has no name).
 
     Returns:
-        what was written, by name (``segmentation``, ``volumes``, ``probabilities``).
+        what was written, by name (``segmentation``, ``volumes``, ``probabilities``,
+        ``dicom_seg``, ``rtstruct``, ``preview``).
+
+    Raises:
+        InputError: DICOM output for an image that is no DICOM series, labels not on its grid or
+            without a name (nothing is written).
     """
     from medseg.io import atomic_path, write_nifti_array, write_volume
 
+    names = dict(names or {})
+    datasets: dict[str, tuple[Path, Any]] = {}
+    if dicom_seg is not None or rtstruct is not None:
+        from medseg.io.dicom_export import DicomExportOptions, dicom_seg_dataset, rtstruct_dataset, series_reference
+
+        opts = dicom_options or DicomExportOptions()
+        ref = series_reference(output.image)
+        if dicom_seg is not None:
+            datasets["dicom_seg"] = (Path(dicom_seg), dicom_seg_dataset(
+                output.labels, ref, names, seg_type=opts.seg_type, empty=opts.empty, labels_file=labels_file))
+        if rtstruct is not None:
+            datasets["rtstruct"] = (Path(rtstruct), rtstruct_dataset(output.labels, ref, names, empty=opts.empty,
+                                                                     labels_file=labels_file))
+    png = None
+    if preview is not None:
+        from medseg.report.preview import preview_png
+
+        png = preview_png(output.image, output.labels, names, lesions_voxel)
     written: dict[str, Path] = {}
     with contextlib.ExitStack() as stack:
         if probabilities is not None:
@@ -196,9 +230,18 @@ def write_study_outputs(output: StudyOutput, *, segmentation: str | Path, volume
             tmp = stack.enter_context(atomic_path(volumes))
             write_volume_report(output.report, tmp)
             written["volumes"] = Path(volumes)
-        tmp = stack.enter_context(atomic_path(segmentation))
-        write_volume(output.labels, tmp)
-        written["segmentation"] = Path(segmentation)
+        for key, (path, dataset) in datasets.items():
+            tmp = stack.enter_context(atomic_path(path))
+            dataset.save_as(tmp, enforce_file_format=True)
+            written[key] = path
+        if png is not None:
+            tmp = stack.enter_context(atomic_path(preview))
+            tmp.write_bytes(png)
+            written["preview"] = Path(preview)
+        if segmentation is not None:
+            tmp = stack.enter_context(atomic_path(segmentation))
+            write_volume(output.labels, tmp)
+            written["segmentation"] = Path(segmentation)
     return written
 
 

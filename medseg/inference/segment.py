@@ -77,6 +77,12 @@ def check_output_paths(inputs: str | Path | Sequence[str | Path], outputs: dict[
     vol = out.get("--volumes")
     if vol is not None and vol.suffix.lower() not in (".json", ".csv", ".html"):
         raise InputError(vol, "the volume report must be .json, .csv or .html")
+    for flag in ("--dicom-seg", "--seg", "--rtstruct"):
+        if out.get(flag) is not None and out[flag].suffix.lower() != ".dcm":
+            raise InputError(out[flag], f"the {flag} output must be a DICOM file (.dcm)")
+    png = out.get("--preview")
+    if png is not None and png.suffix.lower() != ".png":
+        raise InputError(png, "the preview must be a .png file")
     return out
 
 
@@ -84,7 +90,9 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
                  output_path: str | Path, *, options: StudyOptions | None = None,
                  volumes_path: str | Path | None = None, probabilities_path: str | Path | None = None,
                  series_uid: str | None = None, resample_tilt: bool = False,
-                 progress: ProgressFn | None = None) -> StudyOutput:
+                 progress: ProgressFn | None = None,
+                 dicom_seg_path: str | Path | None = None, rtstruct_path: str | Path | None = None,
+                 preview_path: str | Path | None = None, dicom_options=None) -> StudyOutput:
     """Segment one study and write the label map on the study's own grid.
 
     Args:
@@ -101,6 +109,11 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
         resample_tilt: resample a gantry-tilted DICOM stack onto a regular grid (the output is
             on that grid) instead of refusing it.
         progress: called with a short message at each stage.
+        dicom_seg_path, rtstruct_path: also write a DICOM-SEG / RTSTRUCT referring to the input
+            DICOM series (segments named by the model's labels; refused before the model runs
+            when the input is no DICOM series).
+        preview_path: also write the QC preview PNG (:mod:`medseg.report.preview`).
+        dicom_options: :class:`~medseg.io.DicomExportOptions` (SEG encoding, empty segments).
 
     Returns:
         The :class:`StudyOutput` (labels on the input grid, timings per stage including
@@ -112,11 +125,16 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
     say = progress or (lambda message: None)
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     outputs = check_output_paths(paths, {"-o": output_path, "--probabilities": probabilities_path,
-                                         "--volumes": volumes_path})
+                                         "--volumes": volumes_path, "--dicom-seg": dicom_seg_path,
+                                         "--rtstruct": rtstruct_path, "--preview": preview_path})
     options = options or StudyOptions()
     t0 = time.perf_counter()
     say(f"reading {', '.join(map(str, paths))}")
     images = read_channels(paths, series_uid=series_uid, resample_tilt=resample_tilt)
+    if dicom_seg_path is not None or rtstruct_path is not None:
+        from medseg.io.dicom_export import series_reference
+
+        series_reference(images[0])  # refuse a non-DICOM input before the model runs
     t_read = time.perf_counter() - t0
     if isinstance(predictor_or_model_dir, (str, Path)):
         say(f"loading model {predictor_or_model_dir}")
@@ -136,6 +154,8 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
     say(f"writing {output_path}")
     t1 = time.perf_counter()
     write_study_outputs(output, segmentation=outputs["-o"], volumes=outputs.get("--volumes"),
-                        probabilities=outputs.get("--probabilities"))
+                        probabilities=outputs.get("--probabilities"), dicom_seg=outputs.get("--dicom-seg"),
+                        rtstruct=outputs.get("--rtstruct"), preview=outputs.get("--preview"),
+                        names=predictor.label_names, dicom_options=dicom_options)
     output.timings["write"] = time.perf_counter() - t1
     return output

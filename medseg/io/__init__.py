@@ -10,6 +10,9 @@
 - :func:`read_label`: a label map, checked for integer values and (optionally) for the grid of
   its image.
 - :mod:`medseg.io.files`: which files are images, which belong to one study, its content hash.
+- :mod:`medseg.io.dicom_export`: a label map back to DICOM, referring to its series: DICOM-SEG
+  (:func:`dicom_seg_dataset`, highdicom) and RTSTRUCT (:func:`rtstruct_dataset`, rt-utils), each
+  segment with the SNOMED CT codes and colour of :func:`structure_code` (:mod:`medseg.io.codes`).
 - :mod:`medseg.io.limits`: the largest image medseg reads (:func:`max_voxels`, environment variable
   ``MEDSEG_MAX_VOXELS``, and the memory available), checked from the header before any voxel is read.
 
@@ -27,6 +30,16 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from medseg.io.codes import StructureCode, structure_code
+from medseg.io.dicom_export import (
+    DicomExportOptions,
+    DicomReference,
+    dicom_reference,
+    series_reference,
+    dicom_seg_dataset,
+    labels_on_series_grid,
+    rtstruct_dataset,
+)
 from medseg.io.files import IMAGE_SUFFIXES, content_hash, is_image_path, missing_problem, strip_image_suffix
 from medseg.io.limits import MAX_VOXELS_ENV, available_memory, check_image_size, max_voxels, set_max_voxels
 from medseg.io.probabilities import read_probabilities
@@ -86,6 +99,15 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "StructureCode",
+    "structure_code",
+    "DicomReference",
+    "DicomExportOptions",
+    "dicom_reference",
+    "series_reference",
+    "dicom_seg_dataset",
+    "rtstruct_dataset",
+    "labels_on_series_grid",
 ]
 
 SITK_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if not s.startswith(".nii"))

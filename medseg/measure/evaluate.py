@@ -12,7 +12,8 @@ i.e. labels absent from every case, where nnU-Net's plain mean would be NaN); la
 medseg adds ``HD95`` (mm) and ``NSD`` to every metrics entry, ``case`` and ``lesions`` to every
 case, and top-level ``labels`` (id → name), ``lesions`` (``{label: {recall, precision, f1, n_ref,
 n_detected, n_pred, n_false_positive, by_size: [{min_ml, max_ml, n_ref, n_detected, recall}]}}``,
-pooled over cases; ``max_ml`` ``null`` for the open-ended bucket), ``lesion_overlap``,
+pooled over cases, every label; ``max_ml`` ``null`` for the open-ended bucket), ``lesion_labels``
+(the label keys that are lesion classes, which the recall report headlines), ``lesion_overlap``,
 ``nsd_tolerance_mm``, and ``reference``, ``prediction`` when given.
 Undefined values are NaN (written as ``NaN`` exactly as nnU-Net writes them): Dice/IoU/HD95/NSD
 where both masks are empty, HD95 where one is, recall without reference lesions.
@@ -33,6 +34,7 @@ from medseg.measure.lesions import (
     DEFAULT_SIZE_BUCKETS_ML,
     LesionResult,
     LesionSlice,
+    default_lesion_labels,
     lesion_slice,
     match_lesions,
     summarize_lesions,
@@ -148,7 +150,7 @@ def _fill_missing(ev: CaseEvaluation, labels: Sequence[int]) -> None:
 def summarize(cases: Sequence[CaseEvaluation], labels: dict[int, str] | None = None, *, lesion_overlap: float = 0.1,
               nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
               size_buckets_ml: Sequence[float] = DEFAULT_SIZE_BUCKETS_ML, reference: str | None = None,
-              prediction: str | None = None) -> dict[str, Any]:
+              prediction: str | None = None, lesion_labels: Sequence[int] | None = None) -> dict[str, Any]:
     """The summary dict (summary.json content, see the module docstring) of evaluated cases.
 
     Args:
@@ -157,6 +159,8 @@ def summarize(cases: Sequence[CaseEvaluation], labels: dict[int, str] | None = N
         lesion_overlap, nsd_tolerance_mm: the values the cases were evaluated with (recorded).
         size_buckets_ml: lesion size bucket edges in mL.
         reference, prediction: where the references and predictions came from (recorded when given).
+        lesion_labels: the label ids that are lesion classes (default: :func:`default_lesion_labels`
+            of ``labels``' names; every label when no names are given).
     """
     ids = sorted({int(k) for c in cases for k in c.entry["metrics"]} | set(labels or {}))
     if labels is not None:
@@ -189,6 +193,7 @@ def summarize(cases: Sequence[CaseEvaluation], labels: dict[int, str] | None = N
         "foreground_mean": foreground,
         "labels": names,
         "lesions": lesions,
+        "lesion_labels": [str(i) for i in _lesion_ids(ids, labels, lesion_labels)],
         "lesion_overlap": lesion_overlap,
         "nsd_tolerance_mm": nsd_tolerance_mm,
     }
@@ -197,6 +202,15 @@ def summarize(cases: Sequence[CaseEvaluation], labels: dict[int, str] | None = N
     if prediction is not None:
         summary["prediction"] = prediction
     return summary
+
+
+def _lesion_ids(ids: Sequence[int], labels: dict[int, str] | None, lesion_labels: Sequence[int] | None) -> list[int]:
+    """The lesion classes among ``ids``: as given, else named so, else (no names to tell) every label."""
+    if lesion_labels is not None:
+        return sorted(int(v) for v in lesion_labels if int(v) in ids)
+    if labels is None:
+        return [i for i in ids if i != 0]
+    return default_lesion_labels({i: labels[i] for i in ids if i in labels})
 
 
 def evaluate_pairs(pairs: Sequence[CasePair], labels: Sequence[int] | None = None, *, lesion_overlap: float = 0.1,
@@ -220,8 +234,8 @@ def evaluate_pairs(pairs: Sequence[CasePair], labels: Sequence[int] | None = Non
 
 def evaluate(pred: str | Path, ref: str | Path, *, labels: dict[int, str] | None = None,
              lesion_overlap: float = 0.1, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
-             images: str | Path | None = None, size_buckets_ml: Sequence[float] = DEFAULT_SIZE_BUCKETS_ML
-             ) -> tuple[dict[str, Any], list[CaseEvaluation]]:
+             images: str | Path | None = None, size_buckets_ml: Sequence[float] = DEFAULT_SIZE_BUCKETS_ML,
+             lesion_labels: Sequence[int] | None = None) -> tuple[dict[str, Any], list[CaseEvaluation]]:
     """Evaluate ``pred`` against ``ref`` (two label files, or two folders matched by file name).
 
     A case of two folders that cannot be evaluated (a corrupt prediction, another grid…) is listed
@@ -234,6 +248,7 @@ def evaluate(pred: str | Path, ref: str | Path, *, labels: dict[int, str] | None
         nsd_tolerance_mm: tolerance of the normalised surface Dice, mm.
         images: optional image file/folder drawn under the missed-lesion thumbnails.
         size_buckets_ml: lesion size bucket edges in mL.
+        lesion_labels: the lesion classes (default: from the names, :func:`default_lesion_labels`).
 
     Returns:
         ``(summary, cases)``: the summary dict (summary.json's content, with ``failures``) and
@@ -255,6 +270,7 @@ def evaluate(pred: str | Path, ref: str | Path, *, labels: dict[int, str] | None
         raise InputError(None, failures[0]["error"] if len(failures) == 1 else
                          f"{pred}: none of the {len(failures)} cases could be evaluated (first: {failures[0]['error']})")
     summary = summarize(cases, labels, lesion_overlap=lesion_overlap, nsd_tolerance_mm=nsd_tolerance_mm,
-                        size_buckets_ml=size_buckets_ml, reference=str(ref), prediction=str(pred))
+                        size_buckets_ml=size_buckets_ml, reference=str(ref), prediction=str(pred),
+                        lesion_labels=lesion_labels)
     summary["failures"] = failures
     return summary, cases

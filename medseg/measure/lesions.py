@@ -18,17 +18,51 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from medseg.measure.metrics import bounding_box
 
-__all__ = ["LesionRecord", "LesionResult", "LesionSlice", "DEFAULT_SIZE_BUCKETS_ML", "connected_components",
+__all__ = ["default_lesion_labels", "resolve_lesion_labels", "LesionRecord", "LesionResult", "LesionSlice", "DEFAULT_SIZE_BUCKETS_ML", "connected_components",
            "match_lesions", "summarize_lesions", "detection_scores", "lesion_slice", "axial_axis"]
 
 # Bucket edges in mL: <0.01, 0.01-0.1, 0.1-1, 1-10, >=10 (an MS lesion is ~0.01-1 mL, a liver tumour 1-100 mL).
 DEFAULT_SIZE_BUCKETS_ML: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, math.inf)
+
+
+def default_lesion_labels(names: Mapping[int, str]) -> list[int]:
+    """The label ids whose names make them lesion classes (tumour, lesion, metastasis, nodule,
+    cyst, oedema, necrosis, enhancing…; :attr:`medseg.io.StructureCode.is_lesion`); organs are not."""
+    from medseg.io.codes import structure_code
+
+    return sorted(int(k) for k, v in names.items() if int(k) != 0 and structure_code(str(v)).is_lesion)
+
+
+def resolve_lesion_labels(spec: str | Sequence[str | int] | None, names: Mapping[int, str]) -> list[int]:
+    """The lesion classes a setting names: ``None`` or ``"auto"`` → :func:`default_lesion_labels`;
+    otherwise label names or ids (a comma-separated string or a list); ``"none"`` → none.
+
+    Raises:
+        ValueError: a name or id that ``names`` does not have (listing the ones it has).
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+        return default_lesion_labels(names)
+    items = [t.strip() for t in spec.split(",")] if isinstance(spec, str) else [str(t).strip() for t in spec]
+    items = [t for t in items if t]
+    if [t.lower() for t in items] == ["none"]:
+        return []
+    by_name = {str(v): int(k) for k, v in names.items()}
+    out = []
+    for t in items:
+        if t in by_name:
+            out.append(by_name[t])
+        elif t.isdigit() and int(t) in {int(k) for k in names}:
+            out.append(int(t))
+        else:
+            raise ValueError(f"lesion label {t!r} is not a label name or id of "
+                             f"{', '.join(f'{k}={v}' for k, v in sorted(names.items()) if int(k))}")
+    return sorted(set(out))
 
 
 @dataclass

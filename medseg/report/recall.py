@@ -42,14 +42,22 @@ def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str
             ``volume_ml``, ``centroid_x_mm``…, ``detected``, ``covered_fraction``.
         lesion_slices: axial slices through missed lesions keyed by ``(case, label, lesion_id)``;
             the :data:`MAX_THUMBNAILS` largest missed lesions that have one are drawn.
+
+    Only the summary's ``lesion_labels`` (the lesion classes) are headlined, counted, plotted by
+    size and listed as missed; the other labels (organs) appear in the voxel-wise metrics only.
     """
     from medseg.report.plots import lesion_thumbnail_png, recall_by_size_png, wilson_interval
 
     lesion_slices = lesion_slices or {}
     names = summary.get("labels", {})
     body = []
-    all_lesions = summary.get("lesions", {})
-    if len(all_lesions) <= MAX_HEADLINES:
+    # only the lesion classes (summaries written before ``lesion_labels`` existed: every label)
+    lesion_keys = [str(k) for k in summary.get("lesion_labels", list(summary.get("lesions", {})))]
+    all_lesions = {k: v for k, v in summary.get("lesions", {}).items() if k in lesion_keys}
+    organs = [names.get(k, k) for k in summary.get("lesions", {}) if k not in lesion_keys and k != "0"]
+    if not all_lesions:
+        body.append('<div class="headline">No lesion classes among the labels (choose them with --lesion-labels)</div>')
+    elif len(all_lesions) <= MAX_HEADLINES:
         for label, stats in all_lesions.items():
             name = names.get(label, label)
             extra = (f"; precision {_pct(stats['precision'])}, F1 {_pct(stats['f1'])}; "
@@ -68,6 +76,9 @@ def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str
                          stats["n_detected"], stats["n_ref"], _pct(stats["precision"]), stats["n_false_positive"]])
         body.append(table(["structure", "label", "recall", "95% CI", "detected", "reference components", "precision",
                            "false positives"], rows, text_cols=(0, 1, 2, 3, 6)))
+    if organs:
+        body.append('<p class="meta">Not lesion classes (Dice and surface distances only): '
+                    + esc(", ".join(map(str, organs))) + "</p>")
     body.append('<p class="meta">Reference: ' + esc(summary.get("reference", "")) + "<br>Prediction: "
                 + esc(summary.get("prediction", "")) + "<br>A reference lesion (26-connected component) is detected when "
                 f"predicted foreground covers at least {fmt(100 * summary.get('lesion_overlap', 0.1), 0)}% of its voxels; "
@@ -93,6 +104,8 @@ def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str
     rows = []
     for case in summary.get("metric_per_case", []):
         for label, les in case.get("lesions", {}).items():
+            if label not in all_lesions:
+                continue
             m = case["metrics"].get(label, {})
             rows.append([case.get("case", ""), names.get(label, label), les["n_ref"], les["n_detected"],
                          _pct(les["recall"]), les["n_pred"], les["n_false_positive"], m.get("Dice"), m.get("HD95"),
@@ -104,7 +117,7 @@ def render_recall_report(summary: dict[str, Any], lesion_rows: Sequence[dict[str
                  for label, m in summary.get("mean", {}).items()]
     body.append(section("Voxel-wise metrics (mean over studies, NaN excluded)",
                         table(["structure", "Dice", "IoU", "HD95 (mm)", "NSD"], mean_rows, digits=3)))
-    missed = [r for r in lesion_rows if not r["detected"]]
+    missed = [r for r in lesion_rows if not r["detected"] and str(r["label"]) in all_lesions]
     missed.sort(key=lambda r: -r["volume_ml"])
     mrows = [[r["case"], r.get("label_name", r["label"]), r["lesion_id"], r["volume_ml"],
               f"{r['centroid_x_mm']:.1f}, {r['centroid_y_mm']:.1f}, {r['centroid_z_mm']:.1f}",

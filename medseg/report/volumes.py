@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from medseg.io.atomic import atomic_write_text
 from medseg.measure.inputs import case_name
@@ -129,8 +129,23 @@ def render_volume_report(report: dict[str, Any]) -> str:
     return page(f"Volume report: {study_name(report)}", body)
 
 
-def render_batch_volume_report(reports: Sequence[dict[str, Any]]) -> str:
-    """HTML page for many studies: per-structure summary table and distribution plots of volume."""
+def _preview_thumbnails(previews: Mapping[str, str]) -> str:
+    """One thumbnail per study (its ``preview.png`` by relative path), linking to the full image."""
+    from urllib.parse import quote
+
+    cells = []
+    for study, path in sorted(previews.items()):
+        href = esc(quote(str(path)))
+        cells.append(f'<div class="thumb"><a href="{href}"><img src="{href}" alt="{esc("preview of " + str(study))}" '
+                     f'loading="lazy"></a><br>{esc(study)}</div>')
+    return f'<div class="thumbs">{"".join(cells)}</div>'
+
+
+def render_batch_volume_report(reports: Sequence[dict[str, Any]], previews: Mapping[str, str] | None = None) -> str:
+    """HTML page for many studies: per-structure summary table and distribution plots of volume.
+
+    ``previews``: study → path of its QC preview PNG relative to the page (a thumbnail each,
+    linking to the full image)."""
     import numpy as np
 
     from medseg.report.plots import distribution_pngs
@@ -160,16 +175,20 @@ def render_batch_volume_report(reports: Sequence[dict[str, Any]]) -> str:
                       table(["structure", "studies present", "mean", "median", "std", "min", "max", "touching border"],
                             rows))
             + section("Distributions", plots or "<p>No structure is present in any study.</p>"))
+    if previews:
+        body += section("QC previews (label outlines; click for the full image)", _preview_thumbnails(previews))
     return page("Volume report: batch", body)
 
 
-def write_batch_volume_reports(reports: Sequence[dict[str, Any]], csv_path: str | Path, html_path: str | Path) -> tuple[Path, Path]:
+def write_batch_volume_reports(reports: Sequence[dict[str, Any]], csv_path: str | Path, html_path: str | Path,
+                               previews: Mapping[str, str] | None = None) -> tuple[Path, Path]:
     """Write one CSV row per study × structure and an HTML page with per-structure distributions.
 
     Args:
         reports: volume report dicts (:func:`medseg.measure.compute_volumes`); the study
             name is ``report["case_id"]`` (or ``"study"``) when set, else the segmentation's file name.
         csv_path, html_path: output files (written atomically).
+        previews: study → QC preview PNG path relative to ``html_path``'s folder (thumbnails).
 
     Returns:
         ``(csv_path, html_path)``.
@@ -187,5 +206,5 @@ def write_batch_volume_reports(reports: Sequence[dict[str, Any]], csv_path: str 
             rows.append(row)
     csv_path, html_path = Path(csv_path), Path(html_path)
     atomic_write_text(csv_path, csv_text(rows, BATCH_CSV_COLUMNS))
-    atomic_write_text(html_path, render_batch_volume_report(reports))
+    atomic_write_text(html_path, render_batch_volume_report(reports, previews))
     return csv_path, html_path

@@ -143,3 +143,44 @@ def test_an_nnunet_folder_runs_in_batch_loaded_once_with_folds_in_the_key(small_
     assert run_batch(small_archive, model, out, BatchOptions(), device="cpu")["processed"] == []
     again = run_batch(small_archive, model, out, BatchOptions(folds=[1]), device="cpu")
     assert again["processed"] == ["a", "b"]
+
+
+def test_batch_writes_previews_dicom_outputs_for_dicom_studies_and_a_lesion_report(phantom_model, shared_data,
+                                                                                    tmp_path):
+    """A DICOM series (UID-complete copy of the shared CT) and a phantom with a reference: every
+    study gets preview.png (thumbnails in volumes.html), only the DICOM one seg.dcm and
+    rtstruct.dcm; the evaluation's report headlines the tumours only."""
+    import pydicom
+
+    from tests.io.test_dicom_export import SERIES_UID, _uid_complete_copy
+
+    archive = tmp_path / "archive"
+    _uid_complete_copy(shared_data / "ct_abdomen" / "dicom", archive / "ct")
+    study = make_phantom(803, shape=(48, 44, 30), spacing=(4.0, 4.0, 5.0), n_tumours=3)
+    write_volume(study.image, archive / "a.nii.gz")
+    write_volume(study.label, archive / "labels" / "a.nii.gz")
+    out = tmp_path / "out"
+    record = run_batch(archive, phantom_model, out, BatchOptions(dicom_seg=True, rtstruct=True), device="cpu")
+    assert sorted(record["processed"]) == ["a", "ct"], record
+    assert sorted(p.name for p in (out / "studies" / "ct").iterdir()) == [
+        "preview.png", "rtstruct.dcm", "seg.dcm", "segmentation.nii.gz", "volumes.json"]
+    assert sorted(p.name for p in (out / "studies" / "a").iterdir()) == [
+        "preview.png", "segmentation.nii.gz", "volumes.json"]
+    seg = pydicom.dcmread(out / "studies" / "ct" / "seg.dcm", stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID
+    html = (out / "volumes.html").read_text()
+    assert 'href="studies/ct/preview.png"' in html and 'src="studies/a/preview.png"' in html
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert summary["lesion_labels"] == ["5"]
+    report = (out / "evaluation" / "report.html").read_text()
+    assert report.count('<div class="headline">') == 1 and "<b>tumour</b>" in report
+    # a second run with the same options redoes nothing
+    assert run_batch(archive, phantom_model, out, BatchOptions(dicom_seg=True, rtstruct=True),
+                     device="cpu")["processed"] == []
+
+
+def test_unknown_lesion_label_is_refused_before_any_study(phantom_model, small_archive, tmp_path, cli):
+    out = tmp_path / "out"
+    r = cli("batch", small_archive, "--model", phantom_model, "--out", out, "--lesion-labels", "pancreas")
+    assert r.returncode == 1 and r.stderr.count("medseg: error:") == 1
+    assert "'pancreas' is not a label name" in r.stderr and not out.exists()

@@ -58,7 +58,7 @@ def test_dollar_signs_in_names_are_drawn_as_text(tmp_path, names):
     report["case_id"] = "study $1$"
     written = [write_volume_report(report, tmp_path / "v.html")]
     written += write_batch_volume_reports([report, {**report, "case_id": "$y_$"}], tmp_path / "b.csv", tmp_path / "b.html")
-    summary, cases = evaluate(tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz", labels=names)
+    summary, cases = evaluate(tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz", labels=names, lesion_labels=[1, 2])
     assert summary["lesions"]["2"]["n_ref"] == 1 and summary["lesions"]["2"]["n_detected"] == 0
     written += write_evaluation(summary, cases, tmp_path / "ev").values()
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
