@@ -8,6 +8,10 @@ every dataset is segmented by medseg from the same trained-model folder and comp
 - labels equal on ≥ 99.9 % of voxels;
 - probabilities within 1e-3 (max abs) wherever nnU-Net's top-two margin exceeds 1e-2;
 - the label map on the input's exact grid (shape and affine).
+
+With torch running the network (nnU-Net's own backend). With OpenVINO (what ``--backend auto``
+picks on a CPU) the labels must still agree on ≥ 99.9 % of voxels and the probabilities within
+5e-3 (OpenVINO's float32 kernels round differently).
 """
 
 from __future__ import annotations
@@ -64,21 +68,22 @@ def predictors():
 
     cache: dict = {}
 
-    def get(dataset: Path, folds):
-        key = (dataset, folds)
+    def get(dataset: Path, folds, backend: str):
+        key = (dataset, folds, backend)
         if key not in cache:
-            cache[key] = Predictor.from_model_dir(_model_folder(dataset), device="cpu", folds=folds)
+            cache[key] = Predictor.from_model_dir(_model_folder(dataset), device="cpu", folds=folds, backend=backend)
         return cache[key]
 
     return get
 
 
+@pytest.mark.parametrize("backend, tolerance", [("torch", 1e-3), ("openvino", 5e-3)])
 @pytest.mark.parametrize("dataset, run, case", _runs(), ids=lambda v: v.name if isinstance(v, Path) else str(v))
-def test_labels_and_probabilities_equal_nnunets(dataset, run, case, predictors):
+def test_labels_and_probabilities_equal_nnunets(dataset, run, case, backend, tolerance, predictors):
     from medseg.io import read_volume
 
     folds, mirror = RUNS[run]
-    predictor = predictors(dataset, folds)
+    predictor = predictors(dataset, folds, backend)
     images = [read_volume(f) for f in _cases(dataset)[case]]
     softmax = not predictor.config.regions
     pred = predictor.predict(images, tta=mirror, keep_probabilities=softmax)
@@ -95,7 +100,7 @@ def test_labels_and_probabilities_equal_nnunets(dataset, run, case, predictors):
         top = np.sort(probs, axis=-1)
         confident = (top[..., -1] - top[..., -2]) > 1e-2
         diff = np.abs(ours - probs).max(axis=-1)[confident]
-        assert diff.max() <= 1e-3, f"{dataset.name}/{run}/{case}: probabilities differ by up to {diff.max():.3g}"
+        assert diff.max() <= tolerance, f"{dataset.name}/{run}/{case}: probabilities differ by up to {diff.max():.3g}"
 
 
 def test_tta_changes_the_labels_as_it_changes_nnunets():
@@ -123,15 +128,16 @@ def test_preprocessing_stage_by_stage():
         if not record.exists():
             continue
         cfg = read_config(_model_folder(dataset))
-        for case, info in json.loads(record.read_text()).items():
+        for case, info in json.loads(record.read_text())["cases"].items():
             images = [read_volume(f) for f in _cases(dataset)[case]]
             spacing = list(stated_spacing(images[0])[::-1])
             pre = preprocess([v.array.transpose(2, 1, 0) for v in images], spacing, cfg)
             assert [list(b) for b in pre.bbox] == [list(b) for b in info["bbox_used_for_cropping"]], case
             assert list(pre.shape_before_cropping) == list(info["shape_before_cropping"]), case
             assert list(pre.shape_after_cropping) == list(info["shape_after_cropping_and_before_resampling"]), case
-            assert list(pre.data.shape) == list(info["data_shape"]), case
-            for c, stats in enumerate(info["channels"]):
+            assert list(pre.data.shape) == list(info["preprocessed_shape"]), case
+            assert pre.spacing == pytest.approx(info["spacing_after_transpose"]), case
+            for c, stats in enumerate(info["channel_stats"]):
                 d = pre.data[c].astype(np.float64)
                 for name, value in (("mean", d.mean()), ("std", d.std()), ("min", d.min()), ("max", d.max())):
                     assert value == pytest.approx(stats[name], rel=1e-4, abs=1e-4), (case, c, name)
