@@ -12,7 +12,7 @@ from typer.exceptions import TyperException
 
 from medseg.errors import ExitCode, MedsegError, describe_error
 
-__all__ = ["app", "main", "handle_errors", "stage", "notice", "is_debug", "RESAMPLE_TILT"]
+__all__ = ["app", "main", "handle_errors", "stage", "notice", "is_debug", "RESAMPLE_TILT", "LESION_LABELS"]
 
 app = typer.Typer(
     name="medseg",
@@ -26,6 +26,11 @@ app = typer.Typer(
 _DEBUG = False
 
 # the read option of every command that reads DICOM studies (ingest, segment, batch, schedule)
+LESION_LABELS = typer.Option(
+    "auto", "--lesion-labels", metavar="auto|none|NAME,...",
+    help="Which labels are lesion classes (names or ids, comma-separated); auto: those named tumour, lesion, "
+         "metastasis, nodule, cyst, oedema, necrosis, enhancing…; the recall report headlines only these.")
+
 RESAMPLE_TILT = typer.Option(
     False, "--resample-tilt",
     help="Resample a gantry-tilted DICOM stack (slice positions sheared away from the slice normal) onto a regular "

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from medseg.cli.app import RESAMPLE_TILT, app, handle_errors, stage
+from medseg.cli.app import LESION_LABELS, RESAMPLE_TILT, app, handle_errors, stage
 from medseg.cli.model_options import (
     BACKEND,
     CALIBRATE,
@@ -22,10 +22,6 @@ from medseg.cli.model_options import (
     model_options,
 )
 from medseg.cli.export import EMPTY_SEGMENTS, SEG_TYPE
-
-LESION_LABELS = typer.Option("auto", "--lesion-labels", metavar="auto|none|NAME,...",
-                             help="Which labels the evaluation counts as lesion classes (names or ids); auto: those "
-                                  "named tumour, lesion, metastasis, nodule, cyst, oedema, necrosis, enhancing…")
 
 __all__ = ["batch_command", "schedule_command", "run_batch_flow"]
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from medseg.cli.app import app, handle_errors, stage
+from medseg.cli.app import LESION_LABELS, app, handle_errors, stage
 from medseg.errors import MedsegError
 
 
@@ -22,10 +22,7 @@ def evaluate(
                                          help="Fraction of a reference lesion that must be covered to count as detected."),
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0, help="Normalised surface Dice tolerance (mm)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image file or folder (same names) drawn under the missed-lesion thumbnails."),
-    lesion_labels: str = typer.Option("auto", "--lesion-labels", metavar="auto|none|NAME,...",
-                                      help="Which labels are lesion classes (names or ids, comma-separated); auto: "
-                                           "those named tumour, lesion, metastasis, nodule, cyst, oedema, necrosis, "
-                                           "enhancing…; the recall report headlines only these."),
+    lesion_labels: str = LESION_LABELS,
 ) -> None:
     """Dice, IoU, HD95, NSD per case and label; lesion-wise recall/precision; summary.json + report.html."""
     from medseg.errors import InputError

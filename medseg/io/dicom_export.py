@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -31,6 +32,8 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.codes import Code, structure_code
 from medseg.io.volume import Volume, affine_difference_mm
+
+_LOG = logging.getLogger("medseg.io")
 
 __all__ = ["DicomReference", "DicomExportOptions", "dicom_reference", "series_reference", "labels_on_series_grid", "export_segments", "dicom_seg_dataset",
            "rtstruct_dataset", "SEG_TYPES", "EMPTY_SEGMENTS"]
@@ -82,6 +85,14 @@ class DicomReference:
     folder: Path
     headers: list
     notes: list[str] = field(default_factory=list)
+    _said: bool = field(default=False, repr=False, compare=False)
+
+    def say_notes(self) -> None:
+        """Log the notes as warnings, once per reference (where its UIDs go into a file)."""
+        if not self._said:
+            for line in self.notes:
+                _LOG.warning("%s", line)
+            self._said = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -317,6 +328,7 @@ def dicom_seg_dataset(labels: Volume, ref: DicomReference, names: Mapping[int, s
     Raises:
         InputError: not on the series' grid, unnamed labels, nothing to export.
     """
+    ref.say_notes()
     import highdicom as hd
 
     if seg_type not in SEG_TYPES:
@@ -354,6 +366,7 @@ def rtstruct_dataset(labels: Volume, ref: DicomReference, names: Mapping[int, st
     Raises:
         InputError: as :func:`dicom_seg_dataset`.
     """
+    ref.say_notes()
     try:
         from rt_utils import ds_helper
         from rt_utils.image_helper import get_slice_position
