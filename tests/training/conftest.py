@@ -63,7 +63,9 @@ def segment_volume(model_dir: Path, image, **options) -> np.ndarray:
 def predictor_val_dice(model_dir: Path, manifest: Path, labels: dict[int, str], num_threads: int,
                        autocast: str = "none") -> float:
     """Mean over ``labels`` (NaN-free) of the Dice of ``Predictor.from_model_dir(model_dir)`` on the
-    manifest's ``val`` cases, on their own grid: what a user evaluating the model directory gets."""
+    manifest's ``val`` cases, on their own grid: what a user evaluating the model directory gets
+    with the backend the trainer validates with (torch; ``--backend auto`` may pick OpenVINO,
+    whose labels differ at near-ties)."""
     from medseg.io import read_label, read_volume
     from medseg.manifest import read_manifest
 
@@ -71,7 +73,7 @@ def predictor_val_dice(model_dir: Path, manifest: Path, labels: dict[int, str], 
     for row in (r for r in read_manifest(manifest) if r.split == "val"):
         images = [read_volume(p) for p in row.images]
         ref = read_label(row.label, images[0]).array
-        pred = segment_volume(model_dir, images, num_threads=num_threads, autocast=autocast)
+        pred = segment_volume(model_dir, images, num_threads=num_threads, autocast=autocast, backend="torch")
         for lab in labels:
             p, r = pred == lab, ref == lab
             if p.any() or r.any():
