@@ -150,7 +150,8 @@ def main() -> None:
         if cap is not None or floor is not None:
             avail = _available_mb()
             if cap is not None and rss > cap:
-                stopped = f"{'the process tree' if tree else 'its'} RSS passed the {cap:.0f} MB cap"
+                whose = "the process tree's" if tree else "its"
+                stopped = f"{whose} RSS passed the {cap:.0f} MB cap"
             elif floor is not None and avail < floor:
                 stopped = f"machine's available memory fell below {floor:.0f} MB (child RSS {rss:.0f} MB)"
             if stopped:
