@@ -29,7 +29,7 @@ checkpoint format; their plans are what nnU-Net 2.8.1's default planner gives, s
 Inputs (CT-like phantoms from ``medseg.phantoms.make_phantom``, int16 NIfTI):
 
 - ``small``: 200×200×120 at 0.78×0.78×1.0 mm, oblique (rotated 8°, −5°, 12°);
-- ``large_fit``: 512×512×``--fit-depth`` (default 150) at 0.78×0.78×1.0 mm, LPS, the depth at
+- ``large_fit``: 512×512×``--fit-depth`` (default 120) at 0.78×0.78×1.0 mm, LPS, a depth at
   which nnU-Net's export fits on the machine;
 - ``large``: 512×512×400 at 0.78×0.78×1.0 mm, LPS (a whole-body-sized CT).
 
@@ -239,7 +239,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny models and inputs: check the pipeline in minutes")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each tool on the small case (alternating)")
     ap.add_argument("--tta", action="store_true", help="also the small case with mirroring (8x the windows)")
-    ap.add_argument("--fit-depth", type=int, default=150, help="slices of the 512x512 input that nnU-Net fits")
+    ap.add_argument("--fit-depth", type=int, default=120, help="slices of the 512x512 input that nnU-Net fits")
     ap.add_argument("--depth", type=int, default=400, help="slices of the large 512x512 input")
     ap.add_argument("--cases", default="small,large_fit,large")
     ap.add_argument("--prepare", action="store_true", help="only write the models and inputs into _work/")
