@@ -3,6 +3,7 @@ side by side, on the same nnU-Net v2 model folder and the same input.
 
     python benchmarks/nnunet/run.py                  # the full benchmark (about 25 min on 2 cores)
     python benchmarks/nnunet/run.py --smoke          # tiny models and inputs (a few minutes)
+    python benchmarks/nnunet/run.py --cases large --depths 100   # one case; the others stay in results.json
 
 Each command is its own process, started through ``benchmarks/inference/_peak.py --tree``: wall
 and CPU seconds, and the peak of the SUM of RSS over the command's whole process tree, sampled
@@ -29,9 +30,10 @@ checkpoint format; their plans are what nnU-Net 2.8.1's default planner gives, s
 Inputs (CT-like phantoms from ``medseg.phantoms.make_phantom``, int16 NIfTI):
 
 - ``small``: 200×200×120 at 0.78×0.78×1.0 mm, oblique (rotated 8°, −5°, 12°);
-- ``large_fit``: 512×512×``--fit-depth`` (default 120) at 0.78×0.78×1.0 mm, LPS, a depth at
-  which nnU-Net's export fits on the machine;
-- ``large``: 512×512×400 at 0.78×0.78×1.0 mm, LPS (a whole-body-sized CT).
+- ``large_512x512xD``: 512×512×D at 0.78×0.78×1.0 mm, LPS, one case per ``--depths``: 400
+  (a whole-body-sized CT) and 100, where nnU-Net's export still fits under the cap (its export
+  worker holds about 2 × classes × voxels float16: the resampled logits and the copy numpy's
+  ``argmax(axis=0)`` makes of them; at 120 slices it passed 16 GB).
 
 For every pair: wall and CPU time, peak tree RSS (``peak_mb``: the sampled peak of the tree's RSS
 sum, or the largest single process's exact ``ru_maxrss`` when that is larger), the tree's
@@ -229,9 +231,13 @@ def versions() -> dict:
             "torch (nnU-Net venv)": nn[1]}
 
 
+def results_path(smoke: bool) -> Path:
+    return WORK / "results_smoke.json" if smoke else HERE / "results.json"
+
+
 def save(results: dict) -> None:
     """Write what has been measured so far (a later failure keeps the earlier figures)."""
-    (WORK / "results_smoke.json" if results.get("smoke") else HERE / "results.json").write_text(json.dumps(results, indent=2))
+    results_path(results["smoke"]).write_text(json.dumps(results, indent=2))
 
 
 def main() -> None:
@@ -239,9 +245,12 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny models and inputs: check the pipeline in minutes")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each tool on the small case (alternating)")
     ap.add_argument("--tta", action="store_true", help="also the small case with mirroring (8x the windows)")
-    ap.add_argument("--fit-depth", type=int, default=120, help="slices of the 512x512 input that nnU-Net fits")
-    ap.add_argument("--depth", type=int, default=400, help="slices of the large 512x512 input")
-    ap.add_argument("--cases", default="small,large_fit,large")
+    ap.add_argument("--cases", default="small,large", help="small, large or both")
+    ap.add_argument("--depths", default="100,400",
+                    help="slices of the 512x512 inputs of the large model, one case each (default: 100, where "
+                         "nnU-Net's export fits under the cap, and 400)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="start a new results.json (default: update the cases measured, keep the others)")
     ap.add_argument("--prepare", action="store_true", help="only write the models and inputs into _work/")
     ap.add_argument("--cap-mb", type=float, default=16000.0,
                     help="stop a run whose process tree's RSS passes this (the machine has 24 GB, shared)")
@@ -254,46 +263,50 @@ def main() -> None:
     small_plans, large_plans = (SMOKE_SMALL_PLANS, SMOKE_LARGE_PLANS) if args.smoke else (SMALL_PLANS, LARGE_PLANS)
     small_shape = (64, 64, 40) if args.smoke else (200, 200, 120)
     big_xy = 96 if args.smoke else 512
-    cases = args.cases.split(",")
     prefix = "smoke_" if args.smoke else ""
-    models, inputs, shapes = {}, {}, {}
-    if "small" in cases:
-        shapes["small"] = small_shape
-        models["small"] = write_model(prefix + "small", small_plans)
-        inputs["small"] = write_input(prefix + "small", small_shape, SPACING_XYZ, "RAS", (8.0, -5.0, 12.0))
-    for case, depth in (("large_fit", args.fit_depth), ("large", args.depth)):
-        if case in cases:
-            models[case] = write_model(prefix + "large", large_plans)
-            shape = shapes[case] = (big_xy, big_xy, depth // 4 if args.smoke else depth)
-            inputs[case] = write_input(prefix + case, shape, SPACING_XYZ, "LPS", (0.0, 0.0, 0.0))
+    todo = []  # (case name, model folder, input file, input shape)
+    for case in args.cases.split(","):
+        if case == "small":
+            todo.append(("small", write_model(prefix + "small", small_plans),
+                         write_input(prefix + "small", small_shape, SPACING_XYZ, "RAS", (8.0, -5.0, 12.0)), small_shape))
+        elif case == "large":
+            for depth in (int(d) for d in args.depths.split(",")):
+                shape = (big_xy, big_xy, depth // 4 if args.smoke else depth)
+                name = "large_{}x{}x{}".format(*shape)
+                todo.append((name, write_model(prefix + "large", large_plans),
+                             write_input(prefix + name, shape, SPACING_XYZ, "LPS", (0.0, 0.0, 0.0)), shape))
+        else:
+            raise SystemExit(f"unknown case {case!r} (small, large)")
     if args.prepare:
         print("models and inputs written")
         return
-    results: dict = {"smoke": args.smoke,
-                     "machine": f"{os.cpu_count()} CPUs, shared with other jobs; 2 threads per tool",
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "load_average_at_start": load_average(), "versions": versions(),
-                     "settings": {"fold": 0, "step_size": 0.5, "threads": 2, "cap_mb": args.cap_mb,
-                                  "floor_mb": args.floor_mb, "sampling_interval_s": 0.2,
-                                  "medseg": "segment --device cpu --threads 2 --window-batch 1 --folds 0",
-                                  "nnunet": "nnUNetv2_predict_from_modelfolder -f 0 -device cpu -npp 1 -nps 1"}}
-    results["models"] = {"small": small_plans, "large": large_plans}
+    path = results_path(args.smoke)
+    results: dict = {} if args.fresh or not path.exists() else json.loads(path.read_text())
+    invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "load_average_at_start": load_average(), "cases": [t[0] for t in todo]}
+    results.update({"smoke": args.smoke, "machine": f"{os.cpu_count()} CPUs, shared with other jobs; 2 threads per tool",
+                    "versions": versions(),
+                    "settings": {"fold": 0, "step_size": 0.5, "threads": 2, "tta": False, "cap_mb": args.cap_mb,
+                                 "floor_mb": args.floor_mb, "sampling_interval_s": 0.2,
+                                 "medseg": "segment --device cpu --threads 2 --window-batch 1 --folds 0",
+                                 "nnunet": "nnUNetv2_predict_from_modelfolder -f 0 -device cpu -npp 1 -nps 1 "
+                                           "--disable_tta"},
+                    "models": {"small": small_plans, "large": large_plans}})
+    results.setdefault("invocations", []).append(invocation)
     t_start = time.perf_counter()
-    for case in ("small", "large_fit", "large"):
-        if case not in cases:
-            continue
-        repeats = args.repeats if case == "small" else 1
-        results[case] = run_pair(case, inputs[case], models[case], repeats=repeats, tta=False, args=args)
-        results[case]["input_shape"] = list(shapes[case])
+    for name, model, image, shape in todo:
+        repeats = args.repeats if name == "small" else 1
+        results[name] = run_pair(name, image, model, repeats=repeats, tta=False, args=args)
+        results[name]["input_shape"] = list(shape)
         save(results)
-        if case == "small" and args.tta:
-            results["small_tta"] = run_pair("small_tta", inputs[case], models[case], repeats=1, tta=True, args=args)
+        if name == "small" and args.tta:
+            results["small_tta"] = run_pair("small_tta", image, model, repeats=1, tta=True, args=args)
             save(results)
-    results["load_average_at_end"] = load_average()
-    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    results["total_minutes"] = (time.perf_counter() - t_start) / 60
+    invocation["load_average_at_end"] = load_average()
+    invocation["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    invocation["total_minutes"] = (time.perf_counter() - t_start) / 60
     save(results)
-    print(f"wrote results ({results['total_minutes']:.1f} min)")
+    print(f"wrote {path} ({invocation['total_minutes']:.1f} min)")
 
 
 if __name__ == "__main__":
