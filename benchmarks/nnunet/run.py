@@ -1,7 +1,7 @@
 """nnU-Net benchmark: `medseg segment` against nnU-Net's own `nnUNetv2_predict_from_modelfolder`,
 side by side, on the same nnU-Net v2 model folder and the same input.
 
-    python benchmarks/nnunet/run.py                  # the full benchmark (about 25 min on 2 cores)
+    python benchmarks/nnunet/run.py                  # the full benchmark (about 30 min on 2 cores)
     python benchmarks/nnunet/run.py --smoke          # tiny models and inputs (a few minutes)
     python benchmarks/nnunet/run.py --cases large --depths 100   # one case; the others stay in results.json
 
