@@ -18,15 +18,18 @@ __all__ = ["write_nnunet_folder", "plain_unet_architecture"]
 
 
 def plain_unet_architecture(dims: int = 3, features: Sequence[int] = (4, 8, 16),
-                            strides: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
-    """The ``architecture`` entry of a small PlainConvUNet configuration."""
+                            strides: Sequence[Sequence[int]] | None = None, n_conv_per_stage: int = 1) -> dict[str, Any]:
+    """The ``architecture`` entry of a PlainConvUNet configuration (3×3×3 kernels; ``strides`` per
+    stage, default 1 then 2 along every axis; ``n_conv_per_stage`` convolutions in each encoder and
+    decoder stage, 2 in nnU-Net's default plans)."""
     n = len(features)
     strides = strides or [[1] * dims] + [[2] * dims] * (n - 1)
     return {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
             "arch_kwargs": {"n_stages": n, "features_per_stage": list(features),
                             "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
                             "kernel_sizes": [[3] * dims] * n, "strides": [list(s) for s in strides],
-                            "n_conv_per_stage": [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
+                            "n_conv_per_stage": [n_conv_per_stage] * n,
+                            "n_conv_per_stage_decoder": [n_conv_per_stage] * (n - 1), "conv_bias": True,
                             "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
                             "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
                             "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
@@ -39,7 +42,8 @@ def write_nnunet_folder(root: str | Path, *, labels: dict[str, Any], channels: S
                         transpose_forward: Sequence[int] = (0, 1, 2), normalization: Sequence[str] | None = None,
                         folds: Sequence[int] = (0,), trainer: str = "nnUNetTrainer", plans_name: str = "nnUNetPlans",
                         configuration: str = "3d_fullres", regions_class_order: Sequence[int] | None = None,
-                        features: Sequence[int] = (4, 8, 16), seed: int = 0, mirror_axes=(0, 1, 2),
+                        features: Sequence[int] = (4, 8, 16), strides: Sequence[Sequence[int]] | None = None,
+                        n_conv_per_stage: int = 1, seed: int = 0, mirror_axes=(0, 1, 2),
                         dataset_name: str = "Dataset999_Random", checkpoint: str = "checkpoint_final.pth",
                         extra_checkpoint: dict | None = None, background_bias: float = 0.0) -> Path:
     """Write a trained-model folder with random (seeded) weights and return its path.
@@ -47,6 +51,8 @@ def write_nnunet_folder(root: str | Path, *, labels: dict[str, Any], channels: S
     ``labels``: dataset.json's ``labels`` (``{"background": 0, "liver": 1}``; regions as lists).
     ``background_bias``: added to the first output's bias in every output layer (a positive value
     leaves more voxels background).
+    ``patch`` and ``spacing`` (mm) in nnU-Net's axis order; ``features``, ``strides`` and
+    ``n_conv_per_stage``: the network (see :func:`plain_unet_architecture`).
     """
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
@@ -58,7 +64,7 @@ def write_nnunet_folder(root: str | Path, *, labels: dict[str, Any], channels: S
     tb = [int(i) for i in np.argsort(tf)]
     normalization = list(normalization or ["CTNormalization" if c.upper() == "CT" else "ZScoreNormalization"
                                            for c in channels])
-    arch = plain_unet_architecture(dims, features)
+    arch = plain_unet_architecture(dims, features, strides, n_conv_per_stage)
     res = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     plans = {
         "dataset_name": dataset_name, "plans_name": plans_name, "image_reader_writer": "SimpleITKIO",

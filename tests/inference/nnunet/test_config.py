@@ -61,6 +61,20 @@ def test_old_plans_format_builds_the_same_network(tmp_path):
         assert torch.equal(old_net(x), new_net(x))
 
 
+def test_default_plans_shape_two_convs_per_stage_and_anisotropic_strides(tmp_path):
+    """Folders shaped like nnU-Net's default plans (2 convolutions per stage, a last stride of
+    1×2×2) build and load: the network's stages follow plans.json and the weights fit strictly."""
+    folder = write_nnunet_folder(tmp_path, labels=LABELS, patch=(8, 32, 32), features=(4, 8, 16),
+                                 strides=((1, 1, 1), (2, 2, 2), (1, 2, 2)), n_conv_per_stage=2)
+    net = build_network(read_config(folder))
+    net.load_state_dict(load_checkpoint(folder / "fold_0" / "checkpoint_final.pth")["network_weights"], strict=True)
+    stages = net.encoder.stages
+    assert [len(s[0].convs) for s in stages] == [2, 2, 2]
+    assert [tuple(s[0].convs[0].conv.stride) for s in stages] == [(1, 1, 1), (2, 2, 2), (1, 2, 2)]
+    with torch.inference_mode():
+        assert tuple(net.eval()(torch.randn(1, 1, 8, 32, 32)).shape) == (1, 3, 8, 32, 32)
+
+
 def test_region_based_labels_follow_regions_class_order(tmp_path):
     folder = write_nnunet_folder(tmp_path, labels={"background": 0, "whole": [1, 2], "core": 2},
                                  regions_class_order=[1, 2])
