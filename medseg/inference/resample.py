@@ -40,16 +40,18 @@ class AxisMap:
     voxels to input voxels, as MONAI's ``Spacingd`` and its inverse do).
     """
 
-    def __init__(self, i0: np.ndarray, i1: np.ndarray, w0: np.ndarray, w1: np.ndarray):
+    def __init__(self, i0: np.ndarray, i1: np.ndarray, w0: np.ndarray, w1: np.ndarray, *, same_fov_linear: bool = False):
         self.i0, self.i1 = np.asarray(i0, dtype=np.int64), np.asarray(i1, dtype=np.int64)
         self.w0, self.w1 = np.asarray(w0, dtype=np.float32), np.asarray(w1, dtype=np.float32)
+        # torch's bilinear (align_corners=False) computes exactly this map, ~8x faster on planes
+        self.same_fov_linear = bool(same_fov_linear)
 
     @classmethod
     def linear(cls, in_size: int, out_size: int) -> "AxisMap":
         """Linear interpolation over the same field of view (:func:`linear_source_indices`:
         ``align_corners=False``, edges clamped), as torch's trilinear and skimage's order 1."""
         i0, i1, w1 = linear_source_indices(in_size, out_size)
-        return cls(i0, i1, (1.0 - w1).astype(np.float32), w1)
+        return cls(i0, i1, (1.0 - w1).astype(np.float32), w1, same_fov_linear=True)
 
     @classmethod
     def nearest(cls, in_size: int, out_size: int) -> "AxisMap":
@@ -142,7 +144,7 @@ class SlabResampler:
 
     def _resize_plane(self, slices: np.ndarray) -> np.ndarray:
         """``(K, X, Y, n)`` → ``(K, X', Y', n)`` bilinear (align_corners=False, or the axis maps)."""
-        if self.axis_maps is not None:
+        if self.axis_maps is not None and not all(m.same_fov_linear for m in self.axis_maps[:2]):
             return self.axis_maps[1].apply(self.axis_maps[0].apply(slices, 1), 2)
         if slices.shape[1:3] == self.out_shape[:2]:
             return slices
