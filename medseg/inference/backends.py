@@ -58,7 +58,7 @@ from medseg.errors import MedsegError
 
 __all__ = ["BACKENDS", "PRECISIONS", "CACHE_ENV", "CALIBRATION_WINDOWS", "BackendError", "Forward", "check_backend",
            "require_backend", "backend_installed", "cache_dir", "torch_forward", "compile_network",
-           "calibration_windows", "calibration_key", "conversions"]
+           "compile_networks", "calibration_windows", "calibration_key", "conversions"]
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino", "onnxruntime")
 PRECISIONS: tuple[str, ...] = ("f32", "bf16", "int8")
@@ -444,6 +444,39 @@ def _nncf_version() -> str:
     except PackageNotFoundError:
         raise BackendError("--precision int8: the nncf package is not installed; install it with `pip install nncf` "
                            "(medseg's `make setup` does)") from None
+
+
+def compile_networks(nets: Sequence, *, input_shape: Sequence[int], runtime, backend: str = "auto",
+                     precision: str = "f32", calibration: Sequence[Sequence[str | Path]] = (),
+                     preprocess: Callable | None = None, window: Sequence[int] | None = None,
+                     squeeze_dim: int | None = None) -> list:
+    """:func:`compile_network` for each network of a model (its folds), calibrated alike.
+
+    Args:
+        input_shape: ``(B, C, *window)`` as the networks see it.
+        calibration: for ``int8``: studies (each a sequence of channel paths) read with
+            :func:`medseg.io.read_channels`, preprocessed by ``preprocess(volumes) -> (C, *grid)``
+            (the model's own preprocessing) and cut into windows of ``window`` (the grid's axes;
+            the dim ``squeeze_dim`` of each ``(1, C, *window)`` window dropped for a 2D network).
+
+    Returns:
+        one :class:`Forward` per network.
+    """
+    windows = None
+    if calibration:
+        if preprocess is None or window is None:
+            raise ValueError("int8 calibration needs the model's preprocessing and window")
+
+        def cut():
+            from medseg.io import read_channels
+
+            images = (preprocess(read_channels(list(sources))) for sources in calibration)
+            for w in calibration_windows(images, window, -(-CALIBRATION_WINDOWS // len(calibration))):
+                yield w if squeeze_dim is None else w.squeeze(squeeze_dim)
+        windows = cut
+    key = calibration_key(calibration) if calibration else None
+    return [compile_network(net, input_shape=input_shape, runtime=runtime, backend=backend, precision=precision,
+                            calibration=windows, calibration_id=key) for net in nets]
 
 
 # ---------------------------------------------------------------------------------- calibration

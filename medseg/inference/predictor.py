@@ -252,23 +252,15 @@ class Predictor:
         Returns:
             the :class:`~medseg.inference.backends.Forward` now in use (also :attr:`forward`).
         """
-        from medseg.inference.backends import CALIBRATION_WINDOWS, calibration_key, calibration_windows, compile_network
+        from medseg.inference.backends import compile_networks
 
         slice_dim = 2 + int(self.plans.inference.slice_axis) if self.is_2d else None
         net_window = tuple(w for d, w in enumerate(self.window) if d + 2 != slice_dim)
-        windows = None
-        if calibration:
-            def cut():
-                from medseg.io import read_channels
-
-                images = (preprocess_case(read_channels(list(s)), self.plans.preprocess).image for s in calibration)
-                for w in calibration_windows(images, self.window, -(-CALIBRATION_WINDOWS // len(calibration))):
-                    yield w if slice_dim is None else w.squeeze(slice_dim)
-            windows = cut
-        self.forward = compile_network(
-            self.net, input_shape=(self.window_batch, self.plans.model.in_channels) + net_window, runtime=self.runtime,
-            backend=backend, precision=precision, calibration=windows,
-            calibration_id=calibration_key(calibration) if calibration else None)
+        (self.forward,) = compile_networks(
+            [self.net], input_shape=(self.window_batch, self.plans.model.in_channels) + net_window,
+            runtime=self.runtime, backend=backend, precision=precision, calibration=calibration,
+            preprocess=lambda vols: preprocess_case(vols, self.plans.preprocess).image, window=self.window,
+            squeeze_dim=slice_dim)
         return self.forward
 
     @property

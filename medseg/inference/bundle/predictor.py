@@ -393,21 +393,13 @@ class BundlePredictor:
         :func:`medseg.inference.backends.compile_network`); ``calibration``: for ``int8``, studies
         (each a sequence of channel paths) whose windows, after the bundle's preprocessing,
         calibrate the quantisation."""
-        from medseg.inference.backends import CALIBRATION_WINDOWS, calibration_key, calibration_windows, compile_network
+        from medseg.inference.backends import compile_networks
 
         roi = tuple(int(r) for r in self.spec.window.roi_size)
-        windows = None
-        if calibration:
-            def cut():
-                from medseg.io import read_channels
-
-                images = (preprocess_bundle(read_channels(list(s)), self.spec)[0] for s in calibration)
-                yield from calibration_windows(images, roi, -(-CALIBRATION_WINDOWS // len(calibration)))
-            windows = cut
-        self.forward = compile_network(
-            self.net, input_shape=(self.window_batch, len(self.spec.channels)) + roi, runtime=self.runtime,
-            backend=backend, precision=precision, calibration=windows,
-            calibration_id=calibration_key(calibration) if calibration else None)
+        (self.forward,) = compile_networks(
+            [self.net], input_shape=(self.window_batch, len(self.spec.channels)) + roi, runtime=self.runtime,
+            backend=backend, precision=precision, calibration=calibration,
+            preprocess=lambda vols: preprocess_bundle(vols, self.spec)[0], window=roi)
         return self.forward
 
     @property

@@ -91,30 +91,20 @@ class NnunetPredictor:
         Returns:
             the :class:`~medseg.inference.backends.Forward` of each fold (also :attr:`forwards`).
         """
-        from medseg.inference.backends import CALIBRATION_WINDOWS, calibration_key, calibration_windows, compile_network
+        from medseg.inference.backends import compile_networks
+        from medseg.io.volume import stated_spacing
 
         cfg = self.config
         patch = tuple(int(p) for p in cfg.patch_size)
-        window = patch if not cfg.is_2d else (1,) + patch
-        windows = None
-        if calibration:
-            def cut():
-                from medseg.io import read_channels
-                from medseg.io.volume import stated_spacing
 
-                def images():
-                    for sources in calibration:
-                        vols = read_channels(list(sources))
-                        spacing_nn = [float(s) for s in stated_spacing(vols[0])[::-1]]
-                        yield preprocess([np.asarray(v.array).transpose(2, 1, 0) for v in vols], spacing_nn, cfg).data
+        def nnunet_grid(vols):
+            spacing_nn = [float(s) for s in stated_spacing(vols[0])[::-1]]
+            return preprocess([np.asarray(v.array).transpose(2, 1, 0) for v in vols], spacing_nn, cfg).data
 
-                for w in calibration_windows(images(), window, -(-CALIBRATION_WINDOWS // len(calibration))):
-                    yield w.squeeze(2) if cfg.is_2d else w
-            windows = cut
-        key = calibration_key(calibration) if calibration else None
-        self.forwards = [compile_network(net, input_shape=(self.window_batch, len(cfg.channels)) + patch,
-                                         runtime=self.runtime, backend=backend, precision=precision,
-                                         calibration=windows, calibration_id=key) for net in self.nets]
+        self.forwards = compile_networks(
+            self.nets, input_shape=(self.window_batch, len(cfg.channels)) + patch, runtime=self.runtime,
+            backend=backend, precision=precision, calibration=calibration, preprocess=nnunet_grid,
+            window=patch if not cfg.is_2d else (1,) + patch, squeeze_dim=2 if cfg.is_2d else None)
         return self.forwards
 
     @property
