@@ -1,7 +1,7 @@
 """An nnU-Net v2 model folder read as data: plans, dataset, labels, network and checkpoints.
 
 Nothing from the folder is evaluated: class and op names in ``plans.json`` are looked up in
-allow-lists (never ``pydoc.locate``), and checkpoints are unpickled with
+allow-lists (never imported by the names a file gives), and checkpoints are unpickled with
 ``torch.load(weights_only=True)`` plus the numpy types nnU-Net's training loop stores.
 """
 
