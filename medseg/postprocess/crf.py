@@ -387,7 +387,6 @@ def grid_crf(image: np.ndarray, probs: np.ndarray, spacing_mm: Sequence[float], 
     if iterations < 0:
         raise ValueError(f"iterations must be ≥ 0, got {iterations}")
     p = _check_probs(probs)
-    k = int(p.shape[0])
     shape = tuple(int(s) for s in p.shape[1:])
     sp = np.asarray(_check_spacing(spacing_mm))
     img = _as_channels(image, shape).astype(np.float32)

@@ -13,10 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-
-from medseg.batch import BatchOptions, run_batch
+from medseg.batch import run_batch
 from medseg.io import write_volume
 from medseg.phantoms import make_phantom
 from tests.support import stop_process_group

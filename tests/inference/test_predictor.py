@@ -117,11 +117,9 @@ def test_probabilities_lazy_and_consistent_with_labels(phantom_archive, phantom_
 
 
 def test_tta_averages_mirrored_windows(phantom_archive, phantom_predictor):
-    import torch
-
-    p = phantom_predictor
     from medseg.inference.mirroring import flip_sets
 
+    p = phantom_predictor
     flips = flip_sets(range(2, 5), True)
     assert len(flips) == 8 and () in flips
     rng = np.random.default_rng(3)

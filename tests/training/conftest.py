@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 TINY_CONFIG: dict = {
