@@ -17,7 +17,7 @@ from medseg.plans import PLANS_FILE, WEIGHTS_FILE, ModelPlans, load_plans
 from medseg.preprocess import InverseInfo, preprocess_case
 from medseg.runtime import Runtime
 
-__all__ = ["Predictor", "Prediction", "KEEP_PROBABILITIES_AUTO_BYTES"]
+__all__ = ["Predictor", "Prediction", "KEEP_PROBABILITIES_AUTO_BYTES", "uncrop_slabs"]
 
 # predict(keep_probabilities=None) keeps the float16 class scores of the network grid when they
 # take at most this many bytes (so that Prediction.probabilities() can be asked for later).
@@ -71,32 +71,54 @@ def _network_grid_shape(inverse: InverseInfo) -> tuple[int, int, int]:
     return tuple(int(b - a) for a, b in box)  # type: ignore[return-value]
 
 
-def _uncropped_slabs(slabs: Iterable[tuple[int, np.ndarray]], inverse: InverseInfo, n_classes: int,
-                     step: int = 8) -> Iterator[tuple[int, np.ndarray]]:
-    """Undo a foreground crop slab by slab: network-grid slabs ``(K, x, y, dz)`` become slabs of the
-    whole resampled grid ``(K, X, Y, dz)``, outside the crop box certain background (class 0)."""
+def uncrop_slabs(slabs: Iterable[tuple[int, np.ndarray]], start: Sequence[int], stop: Sequence[int],
+                 full_shape: Sequence[int], n_classes: int, *, background: bool = True,
+                 step: int = 8) -> Iterator[np.ndarray]:
+    """Undo a crop slab by slab: slabs ``(z0, (K, x, y, dz))`` of the box ``[start, stop)`` (which
+    may reach past the grid, where the crop padded) become consecutive slabs ``(K, X, Y, dz)`` of
+    the whole grid ``full_shape``.
+
+    Outside the box: certain background (class 0 = 1) with ``background``, else zeros (MONAI's
+    ``Invertd``).
+    """
+    X, Y, Z = (int(s) for s in full_shape)
+    (sx, sy, sz), (ex, ey, _) = [int(v) for v in start], [int(v) for v in stop]
+    xs, ys = slice(max(sx, 0), min(ex, X)), slice(max(sy, 0), min(ey, Y))
+    nx, ny = slice(xs.start - sx, xs.stop - sx), slice(ys.start - sy, ys.stop - sy)
+
+    def empty(n: int) -> np.ndarray:
+        out = np.zeros((n_classes, X, Y, n), dtype=np.float32)
+        if background:
+            out[0] = 1.0
+        return out
+
+    z = 0
+    for z0, slab in slabs:
+        a, b = max(z0 + sz, 0), min(z0 + sz + slab.shape[-1], Z)
+        if b <= a:
+            continue
+        while z < a:
+            n = min(step, a - z)
+            yield empty(n)
+            z += n
+        full = empty(b - a)
+        full[:, xs, ys, :] = slab[:, nx, ny, a - z0 - sz:b - z0 - sz]
+        yield full
+        z = b
+    while z < Z:
+        n = min(step, Z - z)
+        yield empty(n)
+        z += n
+
+
+def _uncropped_slabs(slabs: Iterable[tuple[int, np.ndarray]], inverse: InverseInfo,
+                     n_classes: int) -> Iterator[np.ndarray]:
+    """The resampled grid's slabs ``(K, X, Y, dz)`` of network-grid slabs: the foreground crop
+    undone (:func:`uncrop_slabs`, certain background outside the box)."""
     box = getattr(inverse, "crop_box", None)
     if box is None:
-        yield from slabs
-        return
-    (x0, x1), (y0, y1), (z0, z1) = box
-    full_xy = tuple(int(s) for s in inverse.resampled_shape[:2])
-    depth = int(inverse.resampled_shape[2])
-
-    def background(a: int, b: int) -> Iterator[tuple[int, np.ndarray]]:
-        for z in range(a, b, step):
-            n = min(step, b - z)
-            bg = np.zeros((n_classes,) + full_xy + (n,), dtype=np.float32)
-            bg[0] = 1.0
-            yield z, bg
-
-    yield from background(0, z0)
-    for z, slab in slabs:
-        full = np.zeros((n_classes,) + full_xy + (slab.shape[-1],), dtype=np.float32)
-        full[0] = 1.0
-        full[:, x0:x1, y0:y1, :] = slab
-        yield z0 + z, full
-    yield from background(z1, depth)
+        return (slab for _, slab in slabs)
+    return uncrop_slabs(slabs, [a for a, _ in box], [b for _, b in box], inverse.resampled_shape, n_classes)
 
 
 @dataclass
@@ -163,7 +185,7 @@ class Prediction:
         step = 8
         slabs = ((z, scores[..., z:z + step].astype(np.float32)) for z in range(0, scores.shape[-1], step))
         with self._runtime.activate() if self._runtime is not None else contextlib.nullcontext():
-            for _, slab in _uncropped_slabs(slabs, self._inverse, k):
+            for slab in _uncropped_slabs(slabs, self._inverse, k):
                 for oz, chunk in resampler.push(slab):
                     oriented[:, :, oz:oz + chunk.shape[-1], :] = np.moveaxis(chunk, 0, -1)
         out = _to_input_axes(oriented, self._inverse)
@@ -491,7 +513,7 @@ class Predictor:
                     kept[..., z0:z0 + slab.shape[-1]] = slab
                 yield z0, slab
 
-        for _, slab in _uncropped_slabs(network_slabs(), inverse, k):
+        for slab in _uncropped_slabs(network_slabs(), inverse, k):
             t1 = time.perf_counter()
             for oz, chunk in resampler.push(slab):
                 labels_oriented[..., oz:oz + chunk.shape[-1]] = chunk.argmax(axis=0)

@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -241,37 +241,6 @@ def preprocess_bundle(images: Sequence[Volume], spec: BundleSpec) -> tuple[np.nd
     return np.ascontiguousarray(image, dtype=np.float32), grid
 
 
-def _uncropped(slabs: Iterator[tuple[int, np.ndarray]], grid: BundleGrid, k: int,
-               step: int = 8) -> Iterator[np.ndarray]:
-    """Network-grid slabs ``(K, x, y, dz)`` → consecutive slabs of the resampled grid ``(K, X, Y, dz)``:
-    the crop undone as MONAI's ``Invertd`` does, zeros outside the box."""
-    X, Y, Z = grid.resampled_shape
-    if grid.crop_start is None:
-        for _, slab in slabs:
-            yield slab
-        return
-    (sx, sy, sz), (ex, ey, _) = grid.crop_start, grid.crop_stop
-    xs, ys = slice(max(sx, 0), min(ex, X)), slice(max(sy, 0), min(ey, Y))
-    nx, ny = slice(xs.start - sx, xs.stop - sx), slice(ys.start - sy, ys.stop - sy)
-    z = 0
-    for z0, slab in slabs:
-        a, b = max(z0 + sz, 0), min(z0 + sz + slab.shape[-1], Z)
-        if b <= a:
-            continue
-        while z < a:
-            n = min(step, a - z)
-            yield np.zeros((k, X, Y, n), dtype=np.float32)
-            z += n
-        full = np.zeros((k, X, Y, b - a), dtype=np.float32)
-        full[:, xs, ys, :] = slab[:, nx, ny, a - z0 - sz:b - z0 - sz]
-        yield full
-        z = b
-    while z < Z:
-        n = min(step, Z - z)
-        yield np.zeros((k, X, Y, n), dtype=np.float32)
-        z += n
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=0, keepdims=True)
     np.exp(x, out=x)
@@ -446,7 +415,7 @@ class BundlePredictor:
             return self._predict(images, self.tta if tta is None else bool(tta), keep_probabilities)
 
     def _predict(self, images, tta: bool, keep_probabilities: bool | None):
-        from medseg.inference.predictor import KEEP_PROBABILITIES_AUTO_BYTES, Prediction
+        from medseg.inference.predictor import KEEP_PROBABILITIES_AUTO_BYTES, Prediction, uncrop_slabs
         from medseg.inference.resample import SlabResampler
         from medseg.inference.sliding_window import iter_probability_slabs
         from medseg.preprocess.pipeline import reorient
@@ -472,7 +441,12 @@ class BundlePredictor:
         slabs = ((z0, _softmax(slab)) for z0, slab in iter_probability_slabs(
             image, lambda b: self._window_logits(b, tta), k, self.window.roi_size, overlap=self.overlap,
             window_batch=self.window_batch, importance=self._importance))
-        for slab in _uncropped(slabs, grid, k):
+        if grid.crop_start is None:
+            uncropped = (slab for _, slab in slabs)
+        else:  # MONAI's Invertd pads the crop back with zeros
+            uncropped = uncrop_slabs(slabs, grid.crop_start, grid.crop_stop, grid.resampled_shape, k,
+                                     background=False)
+        for slab in uncropped:
             for oz, chunk in resampler.push(slab):
                 labels_oriented[..., oz:oz + chunk.shape[-1]] = chunk.argmax(axis=0)
                 if probs_oriented is not None:
