@@ -11,6 +11,7 @@ before and after each run (the machine is shared).
 
     python benchmarks/backends/run.py                  # full: demo model + wide U-Net on 512x512x300
     python benchmarks/backends/run.py --short          # the wide U-Net on 256x256x150, 1 round
+    python benchmarks/backends/run.py --cases nnunet   # an nnU-Net 3d_fullres model, and nnUNetv2_predict
 
 Cases:
 
@@ -18,7 +19,12 @@ Cases:
   an unseen oblique phantom; int8 calibrated on two other phantoms;
 - ``wide``: a wide 3D U-Net (16-32-64-128-256, 2 residual units, 20 classes, random weights,
   96³ windows, 1.5 mm network grid) over a 512×512×300 CT-sized phantom (0.8×0.8×1.5 mm; with
-  ``--short`` 256×256×150); int8 calibrated on a second phantom of the same size.
+  ``--short`` 256×256×150); int8 calibrated on a second phantom of the same size;
+- ``nnunet``: the nnU-Net benchmark's ``small`` model (``benchmarks/nnunet``: nnU-Net 2.8.1's
+  default 3d_fullres plans, PlainConvUNet 32–320 in 6 stages, 96×160×160 windows, 6 classes,
+  random weights, fold 0) on its 200×200×120 oblique CT phantom: medseg on torch f32 and
+  OpenVINO f32/bf16 against nnU-Net's own ``nnUNetv2_predict_from_modelfolder`` (no TTA, step 0.5,
+  2 threads, ``-npp 1 -nps 1``), in the nnU-Net venv (``NNUNET_VENV``, default /work/nnunet-venv).
 
 Writes ``results.json`` (or ``results_short.json``) beside this file.
 """
@@ -68,41 +74,55 @@ def measure(cmd: list) -> dict:
     return out
 
 
-def segment(inp: Path, model: Path, out: Path, variant: str, calibrate: Path) -> list:
+NNUNET_VARIANTS = ("torch f32", "openvino f32", "openvino bf16", NNUNET_PREDICT := "nnUNetv2_predict")
+
+
+def segment(inp: Path, model: Path, out: Path, variant: str, calibrate: Path, extra_args: tuple = ()) -> list:
+    if variant == NNUNET_PREDICT:  # nnU-Net's own predictor: input folder in, folder of <case>.nii.gz out
+        from benchmarks.nnunet.run import nnunet_cmd
+
+        return nnunet_cmd(inp.parent, model, out.parent / (out.name.split(".")[0] + "_dir"), tta=False)
     extra = list(VARIANTS[variant])
     if "int8" in variant:
         extra += ["--calibrate", str(calibrate)]
-    return [PY, "-m", "medseg", "segment", inp, "--model", model, "-o", out, "--device", "cpu", *extra]
+    return [PY, "-m", "medseg", "segment", inp, "--model", model, "-o", out, "--device", "cpu", *extra, *extra_args]
 
 
-def run_case(name: str, inp: Path, model: Path, calibrate: Path, rounds: int) -> dict:
+def output_of(out: Path, variant: str) -> Path:
+    """Where ``variant``'s labels land (nnU-Net writes ``<case>.nii.gz`` into its output folder)."""
+    return out.parent / (out.name.split(".")[0] + "_dir") / "case.nii.gz" if variant == NNUNET_PREDICT else out
+
+
+def run_case(name: str, inp: Path, model: Path, calibrate: Path, rounds: int, variants=tuple(VARIANTS),
+             extra_args: tuple = ()) -> dict:
     from medseg.io import read_volume
 
-    outs = {v: WORK / f"{name}_{v.replace(' ', '_')}.nii.gz" for v in VARIANTS}
+    outs = {v: WORK / f"{name}_{v.replace(' ', '_')}.nii.gz" for v in variants}
+    segment_ = (lambda v: segment(inp, model, outs[v], v, calibrate, extra_args))
     first = {}
-    for v in VARIANTS:  # fill the conversion cache; the first run's cost, once
-        if v != "torch f32":
-            first[v] = measure(segment(inp, model, outs[v], v, calibrate))
+    for v in variants:  # fill the conversion cache; the first run's cost, once
+        if v not in ("torch f32", NNUNET_PREDICT):
+            first[v] = measure(segment_(v))
             print(f"[{name}] first run (converts) {v}: {first[v]['wall_s']:.1f} s", flush=True)
-    runs: dict[str, list] = {v: [] for v in VARIANTS}
+    runs: dict[str, list] = {v: [] for v in variants}
     for r in range(rounds):  # interleaved: load on the shared machine hits every backend alike
-        order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
+        order = list(variants) if r % 2 == 0 else list(variants)[::-1]
         for v in order:
-            runs[v].append(measure(segment(inp, model, outs[v], v, calibrate)))
+            runs[v].append(measure(segment_(v)))
             print(f"[{name}] round {r + 1} {v}: {runs[v][-1]['wall_s']:.1f} s, "
                   f"{runs[v][-1]['peak_rss_mb']:.0f} MB, load {runs[v][-1]['load_before']:.1f}", flush=True)
     ref = read_volume(outs["torch f32"])
     res: dict = {"input": str(inp), "shape": list(ref.shape), "rounds": rounds, "variants": {}}
     torch_best = min(x["wall_s"] for x in runs["torch f32"])
-    for v in VARIANTS:
-        labels = read_volume(outs[v])
+    for v in variants:
+        labels = read_volume(output_of(outs[v], v))
         best = min(runs[v], key=lambda x: x["wall_s"])
         res["variants"][v] = {
             "best_wall_s": best["wall_s"], "median_wall_s": statistics.median(x["wall_s"] for x in runs[v]),
             "cpu_s": best["cpu_s"], "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[v]),
             "speedup_vs_torch_f32": torch_best / best["wall_s"],
             "label_agreement_vs_torch_f32": float((labels.array == ref.array).mean()),
-            "same_grid": bool(labels.shape == ref.shape and np.allclose(labels.affine, ref.affine)),
+            "same_grid": bool(labels.shape == ref.shape and np.allclose(labels.affine, ref.affine, atol=1e-4)),
             "first_run_wall_s": first[v]["wall_s"] if v in first else None,
             "load_average_1min": [x["load_before"] for x in runs[v]] + [runs[v][-1]["load_after"]]}
     print(f"[{name}] {json.dumps(res['variants'], indent=1)}", flush=True)
@@ -151,11 +171,19 @@ def wide_case(shape: tuple[int, int, int]) -> tuple[Path, Path, Path]:
     return image, model, calib
 
 
+def nnunet_case() -> tuple[Path, Path]:
+    """The nnU-Net benchmark's small model and input (written by its own functions, once)."""
+    from benchmarks.nnunet.run import SMALL_PLANS, SPACING_XYZ, write_input, write_model
+
+    return (write_input("small", (200, 200, 120), SPACING_XYZ, "RAS", (8.0, -5.0, 12.0)),
+            write_model("small", SMALL_PLANS))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="the wide U-Net on 256x256x150, one round")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds per case (default 2; --short 1)")
-    parser.add_argument("--cases", nargs="+", default=None, choices=["demo", "wide"])
+    parser.add_argument("--cases", nargs="+", default=None, choices=["demo", "wide", "nnunet"])
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     WORK.mkdir(parents=True, exist_ok=True)
@@ -168,13 +196,16 @@ def main() -> None:
                                  "threads": 2, "torch": torch.__version__, "openvino": openvino.get_version(),
                                  "load_average_at_start": os.getloadavg()},
                      "short": args.short, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cases": {}}
-    out = HERE / ("results_short.json" if args.short else "results.json")
+    out = HERE / ("results_short.json" if args.short else
+                  "results_nnunet.json" if cases == ["nnunet"] else "results.json")
     for case in cases:
-        if case == "demo":
-            inp, model, calib = demo_case()
+        if case == "nnunet":
+            inp, model = nnunet_case()
+            results["cases"][case] = run_case(case, inp, model, inp, rounds, variants=NNUNET_VARIANTS,
+                                              extra_args=("--folds", "0", "--step-size", "0.5"))
         else:
-            inp, model, calib = wide_case((256, 256, 150) if args.short else (512, 512, 300))
-        results["cases"][case] = run_case(case, inp, model, calib, rounds)
+            inp, model, calib = demo_case() if case == "demo" else wide_case((256, 256, 150) if args.short else (512, 512, 300))
+            results["cases"][case] = run_case(case, inp, model, calib, rounds)
         results["machine"]["load_average_at_end"] = os.getloadavg()
         out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
