@@ -36,7 +36,7 @@ from medseg.postprocess.crf import CRFConfig
 from medseg.preprocess.config import PreprocessConfig
 
 __all__ = ["ModelConfig", "LossConfig", "OptimiserConfig", "ScheduleConfig", "ValidationConfig", "DataConfig",
-           "TrainConfig", "load_train_config"]
+           "CrossValidationConfig", "TrainConfig", "load_train_config"]
 
 
 class _Strict(BaseModel):
@@ -101,6 +101,18 @@ class ValidationConfig(_Strict):
     every_epochs: int = Field(1, ge=1)
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(2, ge=1)
+
+
+class CrossValidationConfig(_Strict):
+    """k-fold cross-validation by case (``medseg train --fold K`` / ``--folds all``).
+
+    ``folds``: number of folds; ``seed``: the shuffle of the case ids before they are cut into
+    folds (:func:`medseg.training.folds.make_splits`). Used when ``MODEL_DIR/splits.json`` is
+    made; an existing ``splits.json`` is used as it is.
+    """
+
+    folds: int = Field(5, ge=2)
+    seed: int = Field(0, ge=0, lt=2**32)
 
 
 class DataConfig(_Strict):
@@ -188,6 +200,7 @@ class TrainConfig(_Strict):
     steps: int | None = Field(None, ge=1)
     steps_per_epoch: int = Field(50, ge=1)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    cross_validation: CrossValidationConfig = Field(default_factory=CrossValidationConfig)
     data: DataConfig
     seed: int = 0
     autocast: Literal["auto", "none", "bf16", "fp16"] = "auto"

@@ -52,6 +52,7 @@ from medseg.plans import PLANS_FILE, WEIGHTS_FILE, ModelPlans
 from medseg.preprocess import PreprocessConfig
 from medseg.runtime import Runtime, resolve_runtime
 from medseg.training.config import TrainConfig
+from medseg.training.data import CaseSplit, resolve_manifest
 
 __all__ = ["train", "CHECKPOINT_DIR", "LAST_CHECKPOINT", "BEST_CHECKPOINT", "make_lr_lambda", "build_model_plans"]
 
@@ -59,8 +60,9 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 _CHECKPOINT_FORMAT = 1
-# settings that may change between an interrupted run and its resumption
-_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every_steps", "num_threads"}
+# settings that may change between an interrupted run and its resumption (a fold's cases are
+# checked on their own: cross_validation only makes splits.json)
+_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every_steps", "num_threads", "cross_validation"}
 
 
 def make_lr_lambda(cfg: TrainConfig):
@@ -286,6 +288,10 @@ def _check_resume_config(cfg: TrainConfig, saved_json: str, path: Path) -> None:
                              "(only steps, epochs, checkpoint_every_steps and num_threads may change)")
 
 
+def _cases_record(cases: CaseSplit | None) -> dict | None:
+    return None if cases is None else {"train": list(cases.train), "val": list(cases.val)}
+
+
 def _check_nothing_to_resume(out_dir: Path) -> None:
     """``resume`` and no ``checkpoints/last.pt``: fine when ``out_dir`` is absent or holds nothing
     but what a run killed before its first checkpoint leaves (an empty ``checkpoints/``, hidden
@@ -310,7 +316,8 @@ def _check_nothing_to_resume(out_dir: Path) -> None:
 
 def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: str | Path, resume: bool = False,
           device: str = "auto", progress: bool = True, stop_after_steps: int | None = None,
-          time_budget_s: float | None = None, notify: Callable[[str], None] | None = None) -> Path:
+          time_budget_s: float | None = None, notify: Callable[[str], None] | None = None,
+          cases: CaseSplit | None = None) -> Path:
     """Train a model and write its model directory.
 
     Args:
@@ -328,6 +335,11 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
         time_budget_s: likewise, end after this many seconds of training in this call.
         notify: called with a one-line message about a decision the user should know of (a
             ``resume`` that starts from step 0), e.g. to print it.
+        cases: train on ``cases.train`` and validate on ``cases.val`` (manifest case ids; a
+            cross-validation fold, :mod:`medseg.training.folds`) instead of the manifest's
+            ``train``/``val`` splits; the CT intensity statistics are then fitted on every
+            labelled case (:func:`~medseg.training.data.labelled_rows`), so that all folds share
+            one preprocessing. A resumed run must have the same cases.
 
     Returns:
         The model directory (``out_dir``).
@@ -335,15 +347,14 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
     Raises:
         InputError: bad manifest/data, a run already in ``out_dir`` without ``resume``; with
             ``resume``, no checkpoint in an ``out_dir`` that holds a model or other files (not an
-            interrupted run), or a resumed config that changed more than its length.
+            interrupted run), a resumed config that changed more than its length, or other
+            ``cases`` than the interrupted run's.
         DeviceError: a misspelt device, or CUDA asked for and absent.
         ValueError: settings of the config: no manifest, an autocast impossible on the device,
             model options.
     """
     out_dir = Path(out_dir)
-    manifest = Path(manifest) if manifest is not None else config.data.manifest
-    if manifest is None:
-        raise ValueError("no manifest: set data.manifest in the config or pass --manifest FILE.csv")
+    manifest = resolve_manifest(config, manifest)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last_path = ckpt_dir / LAST_CHECKPOINT
     from_scratch = resume and not last_path.is_file()
@@ -357,29 +368,33 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
     if from_scratch and notify is not None:
         notify(f"no checkpoint in {out_dir} yet: starting from step 0")
     with runtime.activate():
-        return _train(config, manifest, out_dir, resume, runtime, progress, stop_after_steps, time_budget_s)
+        return _train(config, manifest, out_dir, resume, runtime, progress, stop_after_steps, time_budget_s, cases)
 
 
 def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, runtime: Runtime, progress: bool,
-           stop_after_steps: int | None, time_budget_s: float | None) -> Path:
+           stop_after_steps: int | None, time_budget_s: float | None, cases: CaseSplit | None) -> Path:
     import torch
 
     from medseg.inference import Predictor
     from medseg.losses import create_loss
     from medseg.models import create_model
     from medseg.preprocess import PatchSampler
-    from medseg.training.data import load_cases, load_split_rows, load_validation_cases, resolve_preprocess
+    from medseg.training.data import (labelled_rows, load_cases, load_split_rows, load_validation_cases,
+                                      resolve_preprocess)
 
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last_path = ckpt_dir / LAST_CHECKPOINT
 
-    train_rows, val_rows = load_split_rows(config, manifest)
+    train_rows, val_rows = load_split_rows(config, manifest, cases)
     state = _load_checkpoint(last_path) if resume else None
     if state is not None:
         _check_resume_config(config, state["config_json"], last_path)
+        if state.get("cases") != _cases_record(cases):
+            raise InputError(last_path, "cannot resume: the interrupted run trained and validated on other cases "
+                             "(a fold whose splits.json entry changed since)")
         pre = PreprocessConfig.model_validate_json(state["preprocess_json"])
     else:
-        pre = resolve_preprocess(config, train_rows)
+        pre = resolve_preprocess(config, train_rows if cases is None else labelled_rows(config, manifest))
     max_label = len(config.data.labels)
     train_cases = load_cases(train_rows, pre, max_label)
     val_cases = load_validation_cases(val_rows, max_label)
@@ -434,6 +449,7 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
             "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": _rng_state(), "log": log_rows,
             "best": best, "accumulators": acc, "config_json": config_json, "preprocess_json": pre_json,
+            "cases": _cases_record(cases),
         }, last_path)
 
     def summary() -> dict:

@@ -43,6 +43,8 @@ def test_shipped_configs_validate_and_build_their_model(path):
     ({"loss": {"name": "dice_focall"}}, "loss.name"),
     ({"data": {"labels": {1: "a", 3: "b"}}}, "labels must map the ids 1..K"),
     ({"optimiser": {"name": "adam"}}, "optimiser.name"),
+    ({"cross_validation": {"folds": 1}}, "cross_validation.folds"),
+    ({"cross_validation": {"folds": 5, "fold": 0}}, "cross_validation.fold: unknown key"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, words):
     path = write_config(tiny_config(**change), tmp_path / "bad.yaml")
@@ -50,6 +52,13 @@ def test_config_errors_name_the_key(tmp_path, change, words):
         load_train_config(path)
     message = str(err.value)
     assert message.startswith(str(path)) and words in message and "\n" not in message
+
+
+def test_cross_validation_defaults_to_five_folds():
+    cfg = TrainConfig.model_validate(tiny_config())
+    assert (cfg.cross_validation.folds, cfg.cross_validation.seed) == (5, 0)
+    cfg = TrainConfig.model_validate(tiny_config(cross_validation={"folds": 4, "seed": 12345}))
+    assert (cfg.cross_validation.folds, cfg.cross_validation.seed) == (4, 12345)
 
 
 def test_largest_patch_is_accepted():
