@@ -1,4 +1,4 @@
-"""``medseg train CONFIG.yaml [--manifest FILE.csv] [--out RUN_DIR] [--resume] [--device auto|cpu|cuda]``."""
+"""``medseg train CONFIG.yaml [--manifest FILE.csv] [--out RUN_DIR] [--resume] [--device auto|cpu|cuda] [--max-minutes N]``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ from medseg.cli.app import app, handle_errors, notice, stage
 __all__ = ["train_command"]
 
 
+def _positive_minutes(value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be a positive number of minutes, not {value:g}")
+    return value
+
+
 @app.command("train")
 @handle_errors
 def train_command(
@@ -23,6 +29,11 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     stop_after_steps: Optional[int] = typer.Option(None, "--stop-after-steps", min=1,
                                                    help="End after this many steps of the run (checkpointed); continue with --resume."),
+    max_minutes: Optional[float] = typer.Option(
+        None, "--max-minutes", metavar="N", callback=_positive_minutes,
+        help="Time budget of this command in minutes (overrides max_minutes of the config): fewer steps when they "
+             "do not fit, the learning-rate schedule shortened to them, the last step validated and the model "
+             "directory written within it. With --resume, the budget of the resumed part."),
 ) -> None:
     """Train a segmentation model from a YAML config and write its model directory."""
     from medseg.errors import InputError, MedsegError
@@ -30,10 +41,12 @@ def train_command(
 
     cfg = load_train_config(config)
     run_dir = out if out is not None else Path("runs") / Path(config).name.split(".")[0]
-    stage(f"training {cfg.model.name} ({cfg.model.spatial_dims}D) for {cfg.total_steps} steps -> {run_dir}")
+    budget = max_minutes if max_minutes is not None else cfg.max_minutes
+    within = f" (fewer if they do not fit in {budget:g} min)" if budget is not None else ""
+    stage(f"training {cfg.model.name} ({cfg.model.spatial_dims}D) for {cfg.total_steps} steps{within} -> {run_dir}")
     try:
         model_dir = train(cfg, manifest=manifest, out_dir=run_dir, resume=resume, device=device, progress=True,
-                          stop_after_steps=stop_after_steps, notify=notice)
+                          stop_after_steps=stop_after_steps, max_minutes=max_minutes, notify=notice)
     except MedsegError:  # an input file, or the device (DeviceError): each says what it is about
         raise
     except (ValueError, FloatingPointError) as exc:  # the config's settings (manifest, autocast, model options, lr)

@@ -43,6 +43,7 @@ def test_shipped_configs_validate_and_build_their_model(path):
     ({"loss": {"name": "dice_focall"}}, "loss.name"),
     ({"data": {"labels": {1: "a", 3: "b"}}}, "labels must map the ids 1..K"),
     ({"optimiser": {"name": "adam"}}, "optimiser.name"),
+    ({"max_minutes": 0}, "max_minutes: Input should be greater than 0"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, words):
     path = write_config(tiny_config(**change), tmp_path / "bad.yaml")
