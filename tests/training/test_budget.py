@@ -167,7 +167,7 @@ def test_a_budget_that_holds_the_whole_run_changes_nothing(phantom_manifest, tmp
 
 @pytest.mark.parametrize("where", ["option", "config"])
 def test_a_budget_too_small_for_one_epoch_is_refused_with_nothing_written(phantom_manifest, tmp_path, cli, where):
-    budget = {"max_minutes": 0.001} if where == "config" else {}
+    budget = {"max_minutes": 0.001 if where == "config" else 30}  # the option overrides the config
     config = write_config(tiny_config(data={"manifest": str(phantom_manifest)}, **budget), tmp_path / "tiny.yaml")
     run = tmp_path / "run"
     option = ["--max-minutes", "0.001"] if where == "option" else []
