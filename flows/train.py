@@ -29,13 +29,13 @@ __all__ = ["train_task", "prepare_folds_task", "train_fold_task", "cross_validat
 
 @task(name="train-model")
 def train_task(config_path: str, out_dir: str, manifest: str | None = None, resume: bool = False,
-               device: str = "auto") -> str:
+               device: str = "auto", max_minutes: float | None = None) -> str:
     """Load the YAML config and train; returns the model directory."""
     from medseg.training import load_train_config, train
 
     cfg = load_train_config(config_path)
     return str(train(cfg, manifest=manifest, out_dir=out_dir, resume=resume, device=device, progress=False,
-                     notify=get_run_logger().info))
+                     max_minutes=max_minutes, notify=get_run_logger().info))
 
 
 @task(name="prepare-folds", task_run_name="prepare-folds", cache_policy=NO_CACHE)
@@ -51,13 +51,14 @@ def prepare_folds_task(config_path: str, out_dir: str, manifest: str | None, fol
 
 @task(name="train-fold", task_run_name="train-fold-{fold}", cache_policy=NO_CACHE)
 def train_fold_task(config_path: str, out_dir: str, fold: int, manifest: str | None = None, resume: bool = False,
-                    device: str = "auto") -> str:
-    """:func:`medseg.training.folds.train_fold`: one fold and its out-of-fold maps; returns the fold's folder."""
+                    device: str = "auto", max_minutes: float | None = None) -> str:
+    """:func:`medseg.training.folds.train_fold`: one fold and its out-of-fold maps (``max_minutes``:
+    this fold's training budget); returns the fold's folder."""
     from medseg.training import load_train_config
     from medseg.training.folds import train_fold
 
     return str(train_fold(load_train_config(config_path), manifest=manifest, model_dir=out_dir, fold=fold,
-                          resume=resume, device=device, notify=get_run_logger().info))
+                          resume=resume, device=device, max_minutes=max_minutes, notify=get_run_logger().info))
 
 
 @task(name="cross-validation", task_run_name="cross-validation", cache_policy=NO_CACHE)
@@ -72,16 +73,18 @@ def cross_validation_task(config_path: str, out_dir: str, manifest: str | None =
 
 @flow(name="medseg-train", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train_flow(config_path: str, out_dir: str, manifest: str | None = None, resume: bool = False,
-               device: str = "auto", folds: str | list[int] | None = None) -> str:
+               device: str = "auto", folds: str | list[int] | None = None, max_minutes: float | None = None) -> str:
     """Train a model from ``config_path`` into ``out_dir`` (paths, not objects, as parameters).
 
     ``folds``: cross-validation folds to train into ``out_dir/fold_K`` (``"all"``, ``"0,2"`` or
     a list of fold numbers; folds already trained are skipped); ``None``: one model in ``out_dir``.
+    ``max_minutes``: time budget (default: the config's ``max_minutes``); with folds, each fold
+    task gets an equal share of it, whether the task runner trains them in turn or in parallel.
     """
     logger = get_run_logger()
     logger.info("training %s -> %s", config_path, out_dir)
     if folds is None:
-        model_dir = train_task(config_path, out_dir, manifest, resume, device)
+        model_dir = train_task(config_path, out_dir, manifest, resume, device, max_minutes)
         summary = Path(model_dir) / "training_log.json"
         if summary.is_file():
             import json
@@ -92,7 +95,13 @@ def train_flow(config_path: str, out_dir: str, manifest: str | None = None, resu
 
     chosen = parse_folds(folds)
     selected = prepare_folds_task(config_path, out_dir, manifest, None if chosen is None else list(chosen), device)
-    futures = [train_fold_task.submit(config_path, out_dir, k, manifest, resume, device) for k in selected]
+    budget = max_minutes
+    if budget is None:
+        from medseg.training import load_train_config
+
+        budget = load_train_config(config_path).max_minutes
+    share = None if budget is None or not selected else budget / len(selected)
+    futures = [train_fold_task.submit(config_path, out_dir, k, manifest, resume, device, share) for k in selected]
     for future in futures:
         logger.info("fold trained: %s", future.result())
     cv = cross_validation_task(config_path, out_dir, manifest)

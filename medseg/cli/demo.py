@@ -100,7 +100,7 @@ def run_demo(out: Path, *, n_studies: int = 8, n_train: int = 8, train_steps: in
         manifest = write_phantom_archive(training / "phantoms", n_train + 1, seed=0,
                                          splits={"train": n_train, "val": 1}, noise_hu=noise_hu)
         model = train(demo_train_config(train_steps), manifest=manifest, out_dir=model, device="cpu",
-                      progress=True, time_budget_s=train_seconds)
+                      progress=True, max_minutes=train_seconds / 60.0)
     train_s = time.perf_counter() - t
     batch_out = out / "batch"
     stage(f"segmenting the archive{' with the dense CRF' if crf else ''} (Prefect flow) into {batch_out}")
@@ -139,7 +139,8 @@ def demo_command(
     train_studies: int = typer.Option(8, "--train-studies", min=1, help="Phantoms the model is trained on."),
     train_steps: int = typer.Option(1500, "--train-steps", min=1, help="Training steps."),
     train_seconds: float = typer.Option(150.0, "--train-seconds", min=5.0,
-                                        help="Stop training earlier after this many seconds."),
+                                        help="Time budget of the training: fewer steps when they do not fit, "
+                                             "with the learning-rate schedule shortened to them."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Refine segmentations with the dense 3D CRF."),
 ) -> None:
     """Run the whole pipeline on phantoms: archive → trained 3D U-Net → batch flow with CRF → reports."""

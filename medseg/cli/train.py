@@ -1,5 +1,5 @@
 """``medseg train CONFIG.yaml [--manifest FILE.csv] [--out RUN_DIR] [--resume] [--device auto|cpu|cuda]
-[--fold K | --folds all|0,2]``."""
+[--fold K | --folds all|0,2] [--max-minutes N]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ import typer
 from medseg.cli.app import app, handle_errors, notice, stage
 
 __all__ = ["train_command"]
+
+
+def _positive_minutes(value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be a positive number of minutes, not {value:g}")
+    return value
 
 
 @app.command("train")
@@ -31,6 +37,11 @@ def train_command(
                                         help="Train these cross-validation folds one after the other: all, or fold "
                                              "numbers like 0,2 (folds already trained are skipped). Once every fold "
                                              "is trained: OUT/cv_summary.json and OUT/postprocessing.json."),
+    max_minutes: Optional[float] = typer.Option(
+        None, "--max-minutes", metavar="N", callback=_positive_minutes,
+        help="Time budget of this command in minutes (overrides max_minutes of the config): fewer steps when they "
+             "do not fit, the learning-rate schedule shortened to them, the last step validated and the model "
+             "directory written within it. With --resume, the budget of the resumed part."),
 ) -> None:
     """Train a segmentation model from a YAML config and write its model directory (or k-fold cross-validation folds)."""
     from medseg.errors import InputError, MedsegError
@@ -50,17 +61,20 @@ def train_command(
         selection = (fold,)
     cfg = load_train_config(config)
     run_dir = out if out is not None else Path("runs") / Path(config).name.split(".")[0]
+    budget = max_minutes if max_minutes is not None else cfg.max_minutes
+    within = f" (fewer if they do not fit in {budget:g} min)" if budget is not None else ""
     try:
         if fold is None and folds is None:
-            stage(f"training {cfg.model.name} ({cfg.model.spatial_dims}D) for {cfg.total_steps} steps -> {run_dir}")
+            stage(f"training {cfg.model.name} ({cfg.model.spatial_dims}D) for {cfg.total_steps} steps{within} -> {run_dir}")
             model_dir = train(cfg, manifest=manifest, out_dir=run_dir, resume=resume, device=device, progress=True,
-                              stop_after_steps=stop_after_steps, notify=notice)
+                              stop_after_steps=stop_after_steps, max_minutes=max_minutes, notify=notice)
         else:
             which = "every fold" if selection is None else "fold " + ", ".join(map(str, selection))
-            stage(f"training {cfg.model.name} ({cfg.model.spatial_dims}D), {which}, {cfg.total_steps} steps each "
-                  f"-> {run_dir}")
+            stage(f"training {cfg.model.name} ({cfg.model.spatial_dims}D), {which}, {cfg.total_steps} steps each"
+                  f"{within.replace(' min)', ' min in all)')} -> {run_dir}")
             model_dir = train_folds(cfg, manifest=manifest, model_dir=run_dir, folds=selection, resume=resume,
-                                    device=device, progress=True, stop_after_steps=stop_after_steps, notify=notice)
+                                    device=device, progress=True, stop_after_steps=stop_after_steps,
+                                    max_minutes=max_minutes, notify=notice)
     except MedsegError:  # an input file, or the device (DeviceError): each says what it is about
         raise
     except (ValueError, FloatingPointError) as exc:  # the config's settings (manifest, autocast, model options, lr)

@@ -9,6 +9,7 @@ Minimal example (``configs/phantom_unet3d.yaml`` has every section)::
     patch_size: [48, 48, 32]
     batch_size: 2
     steps: 300            # or epochs: N (an epoch is steps_per_epoch steps)
+    max_minutes: 20       # optional: fit the run into 20 minutes (the schedule shortened to fit)
     data:
       manifest: ../data/manifest.csv      # relative to this YAML file
       labels: {1: liver, 2: spleen}
@@ -181,6 +182,12 @@ class TrainConfig(_Strict):
     2D), each side at most 1024 voxels and 2**24 (256**3) voxels in all (see
     :func:`medseg.plans.check_patch_size`: wider than any CT/MR grid, or more than a network's
     activations fit in memory).
+
+    ``max_minutes``: a time budget for one ``train`` call (``medseg train --max-minutes``
+    overrides it). The trainer measures its steps and validations per second as it goes and
+    shortens the run to the steps that fit (never lengthens it), with the learning-rate schedule
+    spanning that shorter run, so the rate still reaches its end and the final validation runs
+    within the budget (see :func:`medseg.training.train`). None: the configured length, exactly.
     """
 
     @field_validator("num_threads")
@@ -199,6 +206,8 @@ class TrainConfig(_Strict):
     epochs: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1)
     steps_per_epoch: int = Field(50, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="time budget of one train call in minutes; "
+                                      "the schedule is shortened to the steps that fit (None: no budget)")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     cross_validation: CrossValidationConfig = Field(default_factory=CrossValidationConfig)
     data: DataConfig

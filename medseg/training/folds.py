@@ -26,6 +26,7 @@ out-of-fold maps.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -176,8 +177,10 @@ def validation_map(model_dir: str | Path, fold: int, case_id: str) -> Path:
 
 
 def fold_finished(fold_path: str | Path, config: TrainConfig) -> bool:
-    """Whether the model directory ``fold_path`` holds a run trained for all of ``config``'s steps
-    (``training_log.json``'s ``steps_done``) whose ``model.pt`` was written after its last checkpoint."""
+    """Whether the model directory ``fold_path`` holds a finished run: trained for all of
+    ``config``'s steps (``training_log.json``'s ``steps_done``), or ended by its time budget
+    (``stopped_by: budget``, the schedule shortened to the steps done), with its ``model.pt``
+    written after its last checkpoint."""
     from medseg.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
 
     fold_path = Path(fold_path)
@@ -185,10 +188,11 @@ def fold_finished(fold_path: str | Path, config: TrainConfig) -> bool:
     if not (weights.is_file() and log.is_file()):
         return False
     try:
-        steps = json.loads(log.read_text())["summary"]["steps_done"]
+        summary = json.loads(log.read_text())["summary"]
+        steps = summary["steps_done"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if not isinstance(steps, int) or steps < config.total_steps:
+    if not isinstance(steps, int) or (steps < config.total_steps and summary.get("stopped_by") != "budget"):
         return False
     last = fold_path / CHECKPOINT_DIR / LAST_CHECKPOINT
     return not last.is_file() or weights.stat().st_mtime_ns >= last.stat().st_mtime_ns
@@ -269,7 +273,8 @@ def write_validation_maps(config: TrainConfig, *, manifest: str | Path | None = 
 
 def train_fold(config: TrainConfig, *, manifest: str | Path | None = None, model_dir: str | Path, fold: int,
                resume: bool = False, device: str = "auto", progress: bool = False,
-               stop_after_steps: int | None = None, notify: Notify | None = None) -> Path:
+               stop_after_steps: int | None = None, max_minutes: float | None = None,
+               notify: Notify | None = None) -> Path:
     """Train fold ``fold`` into ``MODEL_DIR/fold_K`` and write its out-of-fold label maps.
 
     The fold's model directory is :func:`medseg.training.train`'s, on the fold's cases of
@@ -278,7 +283,8 @@ def train_fold(config: TrainConfig, *, manifest: str | Path | None = None, model
     written. A fold stopped early (``stop_after_steps``) continues with ``resume``.
 
     Args:
-        resume, device, progress, stop_after_steps, notify: as :func:`medseg.training.train`.
+        resume, device, progress, stop_after_steps, max_minutes, notify: as
+            :func:`medseg.training.train` (``max_minutes``: this fold's training budget).
 
     Returns:
         The fold's model directory.
@@ -295,7 +301,7 @@ def train_fold(config: TrainConfig, *, manifest: str | Path | None = None, model
             notify(f"fold {fold} is already trained ({path}): skipped")
     else:
         train(config, manifest=manifest, out_dir=path, resume=resume, device=device, progress=progress,
-              stop_after_steps=stop_after_steps, notify=notify, cases=split)
+              stop_after_steps=stop_after_steps, max_minutes=max_minutes, notify=notify, cases=split)
         trained = True
     if fold_finished(path, config):
         write_validation_maps(config, manifest=manifest, model_dir=model_dir, fold=fold, device=device,
@@ -306,7 +312,7 @@ def train_fold(config: TrainConfig, *, manifest: str | Path | None = None, model
 def train_folds(config: TrainConfig, *, manifest: str | Path | None = None, model_dir: str | Path,
                 folds: Sequence[int] | None = None, resume: bool = False, device: str = "auto",
                 progress: bool = False, stop_after_steps: int | None = None,
-                notify: Notify | None = None) -> Path:
+                max_minutes: float | None = None, notify: Notify | None = None) -> Path:
     """Train folds one after the other (:func:`train_fold`), then, once every fold of the
     folder has its out-of-fold maps, write ``cv_summary.json`` and ``postprocessing.json``
     (:func:`medseg.training.crossval.evaluate_cross_validation`).
@@ -315,6 +321,9 @@ def train_folds(config: TrainConfig, *, manifest: str | Path | None = None, mode
         folds: fold numbers; ``None``: every fold. Finished folds are skipped, so a re-run
             continues where the last one stopped (with ``resume`` for a fold interrupted mid-way).
         resume, device, progress, stop_after_steps, notify: for each fold, as :func:`train_fold`.
+        max_minutes: the whole call's time budget (default ``config.max_minutes``): each fold
+            still to train gets an equal share of what is left when it starts (the out-of-fold
+            maps of the folds before it included).
 
     Returns:
         ``model_dir``.
@@ -326,9 +335,19 @@ def train_folds(config: TrainConfig, *, manifest: str | Path | None = None, mode
     from medseg.training.crossval import evaluate_cross_validation
 
     manifest = resolve_manifest(config, manifest)
+    started = time.perf_counter()
     selected = prepare_folds(config, manifest=manifest, model_dir=model_dir, folds=folds, device=device)
+    budget = max_minutes if max_minutes is not None else config.max_minutes
+    todo = [k for k in selected if not fold_finished(fold_dir(model_dir, k), config)]
     for k in selected:
+        share = None
+        if budget is not None and k in todo:
+            left = budget - (time.perf_counter() - started) / 60.0
+            share = left / (len(todo) - todo.index(k))
+            if share <= 0:
+                raise InputError(model_dir, f"the time budget of {budget:g} min is spent before fold {k}: "
+                                 "continue with the same command (finished folds are skipped)")
         train_fold(config, manifest=manifest, model_dir=model_dir, fold=k, resume=resume, device=device,
-                   progress=progress, stop_after_steps=stop_after_steps, notify=notify)
+                   progress=progress, stop_after_steps=stop_after_steps, max_minutes=share, notify=notify)
     evaluate_cross_validation(config, manifest=manifest, model_dir=model_dir)
     return Path(model_dir)

@@ -47,7 +47,7 @@ def quick_phantom_config(*, spatial_dims: int = 3, steps: int = 300, seed: int =
     })
 
 
-def quick_train_phantom_model(out_dir: str | Path, *, steps: int = 300, seconds_budget: float | None = None,
+def quick_train_phantom_model(out_dir: str | Path, *, steps: int = 300, max_minutes: float | None = None,
                               spatial_dims: int = 3, seed: int = 0, device: str = "cpu",
                               progress: bool = False) -> Path:
     """Write a phantom archive and train a small U-Net on it; return the model directory.
@@ -62,7 +62,8 @@ def quick_train_phantom_model(out_dir: str | Path, *, steps: int = 300, seconds_
     Args:
         out_dir: folder to create (the archive and the model go inside).
         steps: training steps (deterministic for a given ``seed``).
-        seconds_budget: stop earlier once this many seconds of training have passed (not deterministic).
+        max_minutes: fit the training into this many minutes (fewer steps, the schedule shortened to
+            them; not deterministic; see :func:`medseg.training.train`).
         spatial_dims: 3 (volumes) or 2 (slices along the last axis; plans record ``slice_axis``).
         seed: phantom and training seed.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -74,4 +75,4 @@ def quick_train_phantom_model(out_dir: str | Path, *, steps: int = 300, seconds_
     manifest = write_phantom_archive(out / "phantoms", 5, seed=seed, splits={"train": 3, "val": 1})
     cfg = quick_phantom_config(spatial_dims=spatial_dims, steps=steps, seed=seed)
     return train(cfg, manifest=manifest, out_dir=out / "model", device=device, progress=progress,
-                 time_budget_s=seconds_budget)
+                 max_minutes=max_minutes)

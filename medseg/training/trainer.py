@@ -29,6 +29,18 @@ Determinism: the batch of step ``s`` is a function of ``(seed, s)`` only
 (:func:`medseg.preprocess.step_random_state`) and the checkpoint holds the model, optimiser,
 scheduler, loss scaler and python/numpy/torch random states, so an interrupted run resumed
 with ``resume=True`` ends with exactly the weights of an uninterrupted run.
+
+Time budget (``max_minutes``): the run is shortened to the steps that fit, measured on this
+machine. Before anything is written, a copy of the model times a few training steps and one
+validation case in memory (the run's own model, optimiser and random states untouched); a
+budget that cannot hold one epoch is refused there. The schedule length (``schedule_steps``) is
+then the configured total or the whole epochs that fit, whichever is fewer, and is estimated
+again at each epoch end from the seconds per step and per validation measured so far, only ever
+shrinking (the last planned epoch is finished when at least half of it still fits). The
+learning-rate schedule spans ``schedule_steps``, so it still reaches its end, and the last step
+is validated as usual. ``schedule_steps`` is kept in the checkpoint: a resumed
+run continues the same shortened schedule (its budget is that of the resuming call). Without a
+budget nothing is measured and the run is exactly the configured one.
 """
 
 from __future__ import annotations
@@ -62,13 +74,18 @@ BEST_CHECKPOINT = "best.pt"
 _CHECKPOINT_FORMAT = 1
 # settings that may change between an interrupted run and its resumption (a fold's cases are
 # checked on their own: cross_validation only makes splits.json)
-_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every_steps", "num_threads", "cross_validation"}
+_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every_steps", "num_threads", "cross_validation", "max_minutes"}
 
 
-def make_lr_lambda(cfg: TrainConfig):
-    """Learning-rate factor per step for ``torch.optim.lr_scheduler.LambdaLR``."""
+def make_lr_lambda(cfg: TrainConfig, total_steps: int | None = None):
+    """Learning-rate factor per step for ``torch.optim.lr_scheduler.LambdaLR``.
+
+    ``total_steps``: the steps the schedule spans (default ``cfg.total_steps``; a time budget
+    passes the shortened run's length), so that the factor reaches its end value at step
+    ``total_steps - 1``.
+    """
     sched = cfg.schedule
-    total = cfg.total_steps
+    total = cfg.total_steps if total_steps is None else int(total_steps)
     warm = min(sched.warmup_steps, max(total - 1, 0))
 
     def factor(step: int) -> float:
@@ -224,6 +241,102 @@ def _validate(model, predictor, val_cases, cfg: TrainConfig) -> dict[str, float]
 
 
 # ----------------------------------------------------------------------------------------- train
+def _train_step(step: int, sampler, model, loss_fn, optimiser, scaler, runtime: Runtime, grad_clip: float | None):
+    """One optimisation step on the batch of ``step`` (``sampler.batch``: images (B, C, *patch), labels
+    (B, 1, *patch)); returns the loss (a 0-d tensor)."""
+    import torch
+
+    dev = runtime.device
+    x, y = sampler.batch(step)
+    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    with runtime.autocast():
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower optimiser.lr or check the data")
+    optimiser.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimiser)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimiser)
+    scaler.update()
+    return loss
+
+
+def _measure_speed(config: TrainConfig, model, loss_fn, sampler, runtime: Runtime, plans: ModelPlans, val_cases,
+                   step: int) -> dict[str, float]:
+    """Seconds per training step, per validation (all ``val_cases``) and per checkpoint serialisation
+    of this run on this machine, measured in memory on a copy of ``model`` with its own optimiser:
+    one untimed warm-up step, then the fastest of three timed steps on the batches of ``step``,
+    ``step + 1``, ... (the budget only ever shortens a run afterwards, so its first estimate leans
+    to the fast side); the first validation case, times the number of cases. The run's model,
+    optimiser and random states are left as they were; nothing is written.
+
+    Returns:
+        ``{"step_s", "val_s", "save_s"}`` in seconds.
+    """
+    import copy
+
+    import torch
+
+    from medseg.inference import Predictor
+
+    rng = _rng_state()
+    probe = copy.deepcopy(model)
+    optimiser = _build_optimiser(config, probe)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
+    try:
+        probe.train()
+        seconds = []
+        for i in range(4):
+            t0 = time.perf_counter()
+            _train_step(step + i, sampler, probe, loss_fn, optimiser, scaler, runtime, config.optimiser.grad_clip).item()
+            seconds.append(time.perf_counter() - t0)
+        val_s = 0.0
+        if val_cases:
+            predictor = Predictor(probe.net if config.crf_rnn is not None else probe, plans, runtime=runtime,
+                                  window_batch=config.validation.sw_batch_size)
+            t0 = time.perf_counter()
+            _validate(probe, predictor, val_cases[:1], config)
+            val_s = (time.perf_counter() - t0) * len(val_cases)
+        t0 = time.perf_counter()
+        torch.save({"model": probe.state_dict(), "optimizer": optimiser.state_dict()}, io.BytesIO())
+        save_s = time.perf_counter() - t0
+    finally:
+        del probe, optimiser
+        _set_rng_state(rng)
+    return {"step_s": min(seconds[1:]), "val_s": val_s, "save_s": save_s}
+
+
+def _steps_within(seconds: float, step: int, limit: int, *, step_s: float, val_s: float, finish_s: float,
+                  steps_per_epoch: int, every_epochs: int, validates: bool, pending: bool) -> int:
+    """The longest run, as a total step count ``E`` with ``step <= E <= limit``, whose remaining work
+    fits in ``seconds``: ``E - step`` training steps of ``step_s`` s, the validations they reach
+    (``val_s`` s each, when ``validates``: at the ends of every ``every_epochs``-th epoch, always at
+    ``E``, and at ``step`` itself when its validation is ``pending``) and ``finish_s`` s to write
+    the model. ``step`` when not even that fits."""
+    due = steps_per_epoch * every_epochs  # validated epoch ends are the multiples of this step count
+    first = step if pending else step + 1  # the first step whose validation is still to come
+
+    def cost(end: int) -> float:
+        n_val = 0
+        if validates and end >= first:
+            n_val = end // due - (first - 1) // due + (1 if end % due else 0)
+        return (end - step) * step_s + n_val * val_s + finish_s
+
+    if cost(step) > seconds:
+        return step
+    lo, hi = step, limit  # cost(lo) fits; find the largest end that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= seconds:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _build_optimiser(cfg: TrainConfig, model):
     import torch
 
@@ -316,7 +429,7 @@ def _check_nothing_to_resume(out_dir: Path) -> None:
 
 def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: str | Path, resume: bool = False,
           device: str = "auto", progress: bool = True, stop_after_steps: int | None = None,
-          time_budget_s: float | None = None, notify: Callable[[str], None] | None = None,
+          max_minutes: float | None = None, notify: Callable[[str], None] | None = None,
           cases: CaseSplit | None = None) -> Path:
     """Train a model and write its model directory.
 
@@ -332,7 +445,11 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
         progress: show a progress bar with loss and ETA (only when stderr is a terminal).
         stop_after_steps: end this call (with a checkpoint and the model directory written) once
             that many steps of the run are done, e.g. to fit a job's time slot; ``resume`` later.
-        time_budget_s: likewise, end after this many seconds of training in this call.
+        max_minutes: time budget of this call in minutes of wall time, from the call to the
+            written model directory (overrides ``config.max_minutes``, and is recorded in the
+            model directory's ``config.yaml``): the run is shortened to the steps that fit, the
+            learning-rate schedule spanning them (see the module docstring). A resumed run gets
+            this call's budget for the steps it has left.
         notify: called with a one-line message about a decision the user should know of (a
             ``resume`` that starts from step 0), e.g. to print it.
         cases: train on ``cases.train`` and validate on ``cases.val`` (manifest case ids; a
@@ -342,17 +459,26 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
             one preprocessing. A resumed run must have the same cases.
 
     Returns:
-        The model directory (``out_dir``).
+        The model directory (``out_dir``). ``training_log.json``'s summary says how the run ended:
+        ``stopped_by`` ``"steps"`` (the configured length), ``"budget"`` (the shortened length),
+        ``"stop_after_steps"`` (paused), with ``schedule_steps`` (the length the schedule spans),
+        ``budget_minutes`` (this call's budget or null) and ``elapsed_minutes`` (this call's wall time).
 
     Raises:
         InputError: bad manifest/data, a run already in ``out_dir`` without ``resume``; with
             ``resume``, no checkpoint in an ``out_dir`` that holds a model or other files (not an
             interrupted run), a resumed config that changed more than its length, or other
-            ``cases`` than the interrupted run's.
+            ``cases`` than the interrupted run's; a time budget too small for one epoch
+            (nothing written).
         DeviceError: a misspelt device, or CUDA asked for and absent.
         ValueError: settings of the config: no manifest, an autocast impossible on the device,
-            model options.
+            model options, a budget that is not positive.
     """
+    started = time.perf_counter()
+    if max_minutes is not None:
+        if not max_minutes > 0:
+            raise ValueError(f"max_minutes must be a positive number of minutes, not {max_minutes}")
+        config = config.model_copy(update={"max_minutes": float(max_minutes)})
     out_dir = Path(out_dir)
     manifest = resolve_manifest(config, manifest)
     ckpt_dir = out_dir / CHECKPOINT_DIR
@@ -368,11 +494,22 @@ def train(config: TrainConfig, *, manifest: str | Path | None = None, out_dir: s
     if from_scratch and notify is not None:
         notify(f"no checkpoint in {out_dir} yet: starting from step 0")
     with runtime.activate():
-        return _train(config, manifest, out_dir, resume, runtime, progress, stop_after_steps, time_budget_s, cases)
+        return _train(config, manifest, out_dir, resume, runtime, progress, stop_after_steps, started, cases)
+
+
+def _budget_too_small(config: TrainConfig, elapsed_s: float, epoch_steps: int, speed: dict[str, float],
+                      need_s: float) -> InputError:
+    minutes = config.max_minutes
+    detail = f"{epoch_steps} steps of {speed['step_s']:.2f} s"
+    if speed["val_s"]:
+        detail += f", validation {speed['val_s']:.2f} s"
+    return InputError(None, f"max_minutes {minutes:g} (--max-minutes, or max_minutes in the config) is too small for "
+                      f"one epoch of this run: about {need_s / 60:.2g} min needed on this machine "
+                      f"(setup {elapsed_s:.1f} s, {detail}); give more minutes or fewer steps_per_epoch")
 
 
 def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, runtime: Runtime, progress: bool,
-           stop_after_steps: int | None, time_budget_s: float | None, cases: CaseSplit | None) -> Path:
+           stop_after_steps: int | None, started: float, cases: CaseSplit | None) -> Path:
     import torch
 
     from medseg.inference import Predictor
@@ -409,39 +546,69 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
     if config.crf_rnn is not None:
         model = _wrap_crf_rnn(model, config, pre)
     model = model.to(dev)
+    if state is not None:
+        model.load_state_dict(state["model"])
     # validation runs what model.pt will hold: the plain network (a CRF-as-RNN layer stays out of it)
     predictor = Predictor(model.net if config.crf_rnn is not None else model, plans, runtime=runtime,
                           window_batch=config.validation.sw_batch_size)
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(dev)
-    optimiser = _build_optimiser(config, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, make_lr_lambda(config))
-    scaler = torch.amp.GradScaler(dev.type, enabled=runtime.autocast_dtype == torch.float16)
     sampler = PatchSampler(train_cases, config.patch_size, spatial_dims=config.model.spatial_dims,
                            slice_axis=config.data.slice_axis, sampling=config.data.sampling,
                            augment=config.data.augment, batch_size=config.batch_size, seed=config.seed)
 
-    step = 0
+    total = config.total_steps
+    spe = config.steps_per_epoch
+    step = int(state["step"]) if state is not None else 0
+    # the steps the schedule spans: the configured total, or fewer where a time budget shortened the run
+    kept = state.get("schedule_steps") if state is not None else None
+    schedule_total = kept_total = total if kept is None else min(total, int(kept))
+    # with a time budget: seconds per step, per validation and to finish, measured, then as the run goes
+    timing: dict[str, float] | None = None
+
+    def steps_in_budget(pending: bool, share: float = 1.0) -> int:
+        """The schedule length whose remaining work fits in ``share`` times the budget left: whole
+        epochs (or the length as it is), so the last epoch ends with the schedule, validated."""
+        left = (config.max_minutes * 60.0 - (time.perf_counter() - started)) * share
+        fit = _steps_within(left, step, schedule_total, step_s=timing["step_s"], val_s=timing["val_s"],
+                            finish_s=timing["finish_s"], steps_per_epoch=spe,
+                            every_epochs=config.validation.every_epochs, validates=bool(val_cases), pending=pending)
+        return schedule_total if fit >= schedule_total else max(step, fit // spe * spe)
+
+    if config.max_minutes is not None and step < schedule_total:
+        speed = _measure_speed(config, model, loss_fn, sampler, runtime, plans, val_cases, step)
+        timing = {"step_s": speed["step_s"], "val_s": speed["val_s"], "finish_s": 2 * speed["save_s"]}
+        fit = steps_in_budget(False)
+        first_epoch_end = min((step // spe + 1) * spe, schedule_total)
+        if fit < first_epoch_end:  # nothing written yet: refuse rather than leave a run without an epoch
+            elapsed = time.perf_counter() - started
+            need = elapsed + (first_epoch_end - step) * timing["step_s"] + timing["val_s"] + timing["finish_s"]
+            raise _budget_too_small(config, elapsed, first_epoch_end - step, speed, need)
+        schedule_total = fit
+
+    optimiser = _build_optimiser(config, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, make_lr_lambda(config, schedule_total))
+    scaler = torch.amp.GradScaler(dev.type, enabled=runtime.autocast_dtype == torch.float16)
+
     log_rows: list[dict] = []
     best = {"metric": -math.inf, "step": -1, "epoch": -1}
     acc = {"loss_sum": 0.0, "loss_n": 0, "seconds": 0.0}
     if state is not None:
-        model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        step = int(state["step"])
         log_rows = list(state["log"])
         best = dict(state["best"])
         acc = dict(state["accumulators"])
+        if schedule_total != kept_total:  # this call's budget shortened the run further
+            _set_schedule_length(scheduler, optimiser, config, schedule_total)
     else:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    total = config.total_steps
-    spe = config.steps_per_epoch
     config_json = config.model_dump_json()
     pre_json = pre.model_dump_json()
+    stopped_by: str | None = None
 
     def checkpoint() -> None:
         _save_checkpoint({
@@ -450,11 +617,14 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
             "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": _rng_state(), "log": log_rows,
             "best": best, "accumulators": acc, "config_json": config_json, "preprocess_json": pre_json,
             "cases": _cases_record(cases),
+            "schedule_steps": schedule_total if schedule_total < total else None,
         }, last_path)
 
     def summary() -> dict:
         amp_dtype = runtime.autocast_dtype
-        return {"steps_done": step, "total_steps": total, "epochs_done": step // spe, "device": str(dev),
+        return {"steps_done": step, "total_steps": total, "schedule_steps": schedule_total, "epochs_done": step // spe,
+                "stopped_by": stopped_by, "budget_minutes": config.max_minutes,
+                "elapsed_minutes": (time.perf_counter() - started) / 60.0, "device": str(dev),
                 "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "none", "threads": runtime.threads,
                 "best_step": best["step"], "best_val_dice_mean": best["metric"] if best["step"] >= 0 else None,
                 "model_pt": "best validation checkpoint" if best["step"] >= 0 else "last weights",
@@ -468,30 +638,16 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
     bar = Progress(TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(), console=console, disable=not show, transient=False)
-    call_start = time.perf_counter()
+    # this call's loop: steps, wall time and validation time, for the budget's seconds per step
+    loop = {"start": time.perf_counter(), "first_step": step, "val_s": 0.0}
     model.train()
     with bar:
-        task = bar.add_task("train", total=total, completed=step, epoch=step // spe + 1, loss="-")
-        while step < total:
+        task = bar.add_task("train", total=schedule_total, completed=step, epoch=step // spe + 1, loss="-")
+        while step < schedule_total:
             if stop_after_steps is not None and step >= stop_after_steps:
                 break
-            if time_budget_s is not None and time.perf_counter() - call_start > time_budget_s:
-                break
             t0 = time.perf_counter()
-            x, y = sampler.batch(step)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with runtime.autocast():
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower optimiser.lr or check the data")
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.optimiser.grad_clip is not None:
-                scaler.unscale_(optimiser)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimiser.grad_clip)
-            scaler.step(optimiser)
-            scaler.update()
+            loss = _train_step(step, sampler, model, loss_fn, optimiser, scaler, runtime, config.optimiser.grad_clip)
             lr = optimiser.param_groups[0]["lr"]
             scheduler.step()
             step += 1
@@ -499,17 +655,30 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
             acc["loss_n"] += 1
             acc["seconds"] += time.perf_counter() - t0
             bar.update(task, completed=step, epoch=(step - 1) // spe + 1, loss=f"{loss.item():.4f}")
-            epoch_end = step % spe == 0 or step == total
+            epoch_end = step % spe == 0 or step == schedule_total
+            if epoch_end and timing is not None and step < schedule_total:
+                # seconds per step so far in this call (checkpoints and logs included, validations apart)
+                timing["step_s"] = (time.perf_counter() - loop["start"] - loop["val_s"]) / (step - loop["first_step"])
+                fit = steps_in_budget(True)
+                if fit == step and schedule_total <= step + spe and steps_in_budget(True, 2.0) == schedule_total:
+                    fit = schedule_total  # the last planned epoch, at least half of which fits: finish it
+                if fit < schedule_total:
+                    schedule_total = fit
+                    _set_schedule_length(scheduler, optimiser, config, schedule_total)
+                    bar.update(task, total=schedule_total)
             if epoch_end:
                 epoch = (step - 1) // spe + 1
                 row: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": acc["loss_sum"] / max(acc["loss_n"], 1),
                                        "lr": lr, "train_seconds": acc["seconds"],
                                        "samples_per_s": acc["loss_n"] * config.batch_size / max(acc["seconds"], 1e-9)}
-                if val_cases and (epoch % config.validation.every_epochs == 0 or step == total):
+                if val_cases and (epoch % config.validation.every_epochs == 0 or step == schedule_total):
                     tv = time.perf_counter()
                     metrics = _validate(model, predictor, val_cases, config)
                     row.update(metrics)
                     row["val_seconds"] = time.perf_counter() - tv
+                    loop["val_s"] += row["val_seconds"]
+                    if timing is not None:
+                        timing["val_s"] = row["val_seconds"]
                     score = metrics["val_dice_mean"]
                     if not math.isnan(score) and score > best["metric"]:
                         best = {"metric": score, "step": step, "epoch": epoch}
@@ -519,13 +688,26 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
                 log_rows.append(row)
                 acc = {"loss_sum": 0.0, "loss_n": 0, "seconds": 0.0}
                 _write_log(log_rows, out_dir, summary())
-            if epoch_end or step % config.checkpoint_every_steps == 0 or step == total:
+            if epoch_end or step % config.checkpoint_every_steps == 0 or step == schedule_total:
                 checkpoint()
     if step % config.checkpoint_every_steps != 0 and step % spe != 0:
         checkpoint()  # stopped early between checkpoints: keep every step done
+    if step >= schedule_total:
+        stopped_by = "steps" if schedule_total >= total else "budget"
+    else:
+        stopped_by = "stop_after_steps"
     if best["step"] >= 0:
         weights = _load_checkpoint(ckpt_dir / BEST_CHECKPOINT)["model"]
     else:
         weights = model.state_dict()
     _write_model_dir(out_dir, config, plans, {k: v.detach().cpu() for k, v in weights.items()}, log_rows, summary())
     return out_dir
+
+
+def _set_schedule_length(scheduler, optimiser, config: TrainConfig, total_steps: int) -> None:
+    """Make ``scheduler`` (a ``LambdaLR``) span ``total_steps`` steps from now on, and set the learning
+    rate of the optimiser's next step (``scheduler.last_epoch``) from it."""
+    factor = make_lr_lambda(config, total_steps)
+    scheduler.lr_lambdas = [factor] * len(optimiser.param_groups)
+    for group, base in zip(optimiser.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor(scheduler.last_epoch)

@@ -45,6 +45,7 @@ def test_shipped_configs_validate_and_build_their_model(path):
     ({"optimiser": {"name": "adam"}}, "optimiser.name"),
     ({"cross_validation": {"folds": 1}}, "cross_validation.folds"),
     ({"cross_validation": {"folds": 5, "fold": 0}}, "cross_validation.fold: unknown key"),
+    ({"max_minutes": 0}, "max_minutes: Input should be greater than 0"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, words):
     path = write_config(tiny_config(**change), tmp_path / "bad.yaml")

@@ -18,7 +18,7 @@ from medseg.manifest import read_manifest
 from medseg.training import TrainConfig, train_folds
 from medseg.training.crossval import determine_postprocessing
 from medseg.training.data import CaseSplit
-from medseg.training.folds import fold_splits, make_splits, read_splits, train_fold
+from medseg.training.folds import fold_finished, fold_splits, make_splits, read_splits, train_fold
 from tests.training.conftest import tiny_config, write_config
 
 # 2 folds of the 4 phantoms; the CT window fitted from foreground percentiles (one statistic for every fold)
@@ -389,3 +389,28 @@ def test_cross_validation_on_the_four_brats_cases(shared_data, tmp_path, cli):
     pp = json.loads((out / "postprocessing.json").read_text())
     assert set(pp["largest_component"]) == {"1", "2", "3", "4"}
     assert all(isinstance(v, bool) for v in pp["largest_component"].values())
+
+
+def test_a_budget_is_shared_by_the_folds_and_a_budget_ended_fold_is_finished(cv_dir, phantom_manifest, tmp_path):
+    """``max_minutes`` of ``train_folds`` is the whole call's: each fold gets its share of what is
+    left (a generous budget changes no weight), and a fold that its budget ended counts as trained."""
+    out = tmp_path / "model"
+    train_folds(_cv_config(), manifest=phantom_manifest, model_dir=out, device="cpu", progress=False, max_minutes=30.0)
+    shares = [json.loads((out / f"fold_{k}" / "training_log.json").read_text())["summary"]["budget_minutes"]
+              for k in range(2)]
+    assert shares[0] == pytest.approx(15.0, abs=0.05)  # half of the 30 minutes, two folds to train
+    assert 25.0 < shares[1] < 30.0  # all that the first fold left
+    for k in range(2):
+        a = torch.load(out / f"fold_{k}" / "model.pt", weights_only=True)
+        b = torch.load(cv_dir / f"fold_{k}" / "model.pt", weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+    log = out / "fold_0" / "training_log.json"
+    data = json.loads(log.read_text())
+    data["summary"].update(steps_done=2, stopped_by="budget")
+    log.write_text(json.dumps(data))
+    (out / "fold_0" / "model.pt").touch()
+    assert fold_finished(out / "fold_0", _cv_config())
+    data["summary"].update(stopped_by="stop_after_steps")
+    log.write_text(json.dumps(data))
+    assert not fold_finished(out / "fold_0", _cv_config())
