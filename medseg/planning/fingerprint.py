@@ -24,15 +24,18 @@ Written as JSON (:meth:`Fingerprint.to_dict`, :func:`write_fingerprint`)::
      "median_relative_size_after_cropping": 1.0,
      "cases": [{"case_id": "a", "split": "train", "images": [...], "label": "...",
                 "shape": [72, 64, 48], "spacing": [3.0, 3.0, 3.0], "orientation": "RAS",
-                "shape_after_crop": [72, 64, 48],
+                "background": [null], "shape_after_crop": [72, 64, 48],
                 "classes": {"1": {"voxels": 21000, "volume_ml": 567.0, "components": 1}, ...}}],
      "classes": {"1": {"name": "liver", "cases": 4, "voxels": 84000, "volume_ml": {"median": ..., "min": ..., "max": ...},
                        "components": {"median": 1.0, "max": 1}, "fraction": {"median": 0.02, "min": ...}}}}
 
 ``shape``, ``spacing`` (mm) and ``shape_after_crop`` follow the file's own voxel axes, whose
 directions ``orientation`` gives (``"LPS"``: the first axis runs to the patient's left…); the
-plan brings them to the training orientation's axes. ``fraction`` is a class's share of its
-case's voxels.
+plan brings them to the training orientation's axes. ``background``: per channel, the image's
+minimum when it fills (at least 90% of) the image's border: 0 for skull-stripped MR, the lowest
+value of MR z-scored before it came here; else null. ``shape_after_crop`` is nnU-Net's crop to the nonzero box, with a
+channel's constant background counted as zero. ``fraction`` is a class's share of its case's
+voxels.
 """
 
 from __future__ import annotations
@@ -243,7 +246,10 @@ class CaseFingerprint:
     Attributes:
         shape: voxels per axis; ``spacing``: mm per axis (as the file states it, as ITK reads it);
         orientation: axis codes (``"RAS"``, ``"LPS"``, ``"IPL"``…);
-        shape_after_crop: the box of voxels nonzero in any channel (nnU-Net's crop to nonzero);
+        background: per channel, the image's minimum when it fills at least 90% of the image's
+            border (its six faces), or None;
+        shape_after_crop: the box of voxels that differ from the background (0 where there is none)
+            in any channel: nnU-Net's crop to nonzero;
         classes: class id → :class:`ClassCount` for every class of the labels (zero where absent).
     """
 
@@ -254,6 +260,7 @@ class CaseFingerprint:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     orientation: str
+    background: tuple[float | None, ...]
     shape_after_crop: tuple[int, int, int]
     classes: dict[int, ClassCount]
 
@@ -271,7 +278,7 @@ class CaseFingerprint:
     def to_dict(self) -> dict:
         return {"case_id": self.case_id, "split": self.split, "images": list(self.images), "label": self.label,
                 "shape": list(self.shape), "spacing": list(self.spacing), "orientation": self.orientation,
-                "shape_after_crop": list(self.shape_after_crop),
+                "background": list(self.background), "shape_after_crop": list(self.shape_after_crop),
                 "classes": {str(k): {"voxels": c.voxels, "volume_ml": c.volume_ml, "components": c.components}
                             for k, c in self.classes.items()}}
 
@@ -330,6 +337,16 @@ def _read_case(row: ManifestRow, channels: tuple[str, ...]):
     return images, read_label(row.label, images[0])
 
 
+def _border_value(array: np.ndarray) -> float | None:
+    """The image's background: its minimum when that value fills at least 90% of the voxels of
+    its six faces (air or padding around a scan, 0 around a skull-stripped brain, the lowest value
+    of an image z-scored before it came); else None."""
+    low = array.min()
+    faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
+    at_low = sum(int(np.count_nonzero(f == low)) for f in faces)
+    return float(low) if at_low >= 0.9 * sum(f.size for f in faces) else None
+
+
 def _components(label: np.ndarray, value: int, bbox: list[list[int]] | None) -> int:
     from medseg.measure.lesions import connected_components
 
@@ -375,8 +392,13 @@ def compute_fingerprint(dataset: Dataset, *, progress: Callable[[str], None] | N
             s = report[name]
             comps = _components(arr, lid, s["bbox_voxels"]) if s["voxels"] else 0
             counts[lid] = ClassCount(voxels=int(s["voxels"]), volume_ml=float(s["volume_ml"]), components=int(comps))
-        stack = np.stack([v.array for v in images])
+        background = tuple(_border_value(v.array) for v in images)
+        if any(background):  # a constant nonzero background counts as zero
+            stack = np.stack([v.array.astype(np.float32) - (b or 0.0) for v, b in zip(images, background)])
+        else:
+            stack = np.stack([v.array for v in images])
         box = foreground_box(stack, images[0].shape, None, 0)
+        del stack
         mask = arr > 0
         n_fg = int(np.count_nonzero(mask))
         if n_fg > per_case_cap:
@@ -390,7 +412,7 @@ def compute_fingerprint(dataset: Dataset, *, progress: Callable[[str], None] | N
         cases.append(CaseFingerprint(
             case_id=row.case_id, split=row.split, images=tuple(str(p) for p in row.images), label=str(row.label),
             shape=images[0].shape, spacing=tuple(float(s) for s in stated_spacing(images[0])),
-            orientation=images[0].orientation, shape_after_crop=tuple(int(b - a) for a, b in box),
+            orientation=images[0].orientation, background=background, shape_after_crop=tuple(int(b - a) for a, b in box),
             classes=counts))
     if dataset.labels is not None:
         labels = dict(dataset.labels)

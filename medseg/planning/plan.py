@@ -38,8 +38,9 @@ Where medseg departs, and why (each also said in the YAML's comments):
   rough figure for GPUs), and on a CPU the patch and widths are sized for about
   :data:`CPU_STEP_SECONDS` s per step (nnU-Net's GPU patch would take minutes per step there):
   widths 16 doubling up to 256;
-- a CPU run is 100 epochs of 50 steps with AdamW (lr 3e-3, medseg's BraTS config), as is any
-  run given ``--minutes``: SGD with momentum 0.99 needs nnU-Net's 250,000 steps;
+- a CPU run is 100 epochs of 50 steps with AdamW (lr 3e-3, medseg's BraTS config); a run given
+  ``--minutes`` has as many epochs of 50 steps as fit (at most nnU-Net's 250,000 steps), also with
+  AdamW: SGD with momentum 0.99 needs nnU-Net's 250,000 steps;
 - ``--minutes N`` writes ``max_minutes: N`` and sizes one training run (one fold) so that at
   least :data:`MIN_STEPS` steps fit: the patch shrinks (no axis under 16 voxels), and when it
   would get smaller than 48³ voxels the widths are halved first;
@@ -478,7 +479,7 @@ def _size_run(fp: Fingerprint, budget: PlanBudget, target: np.ndarray, median_sh
             raise InputError(None, f"--minutes {budget.minutes:g} is too short for one epoch of {spe} steps "
                              f"(about {spe * step_seconds:.0f} s even with the smallest network planned); "
                              "give more minutes")
-        epochs = max(1, min(epochs, fit_steps // spe))
+        epochs = min(fit_steps, LONG_RUN[0] * LONG_RUN[1]) // spe  # the budget filled, at most nnU-Net's steps
     return _Run(topo=topo, widths=widths, halved=halved, min_patch=min_patch, batch=batch, epochs=epochs,
                 steps_per_epoch=spe, long_run=long_run, step_target=step_target, step_seconds=step_seconds)
 
@@ -582,9 +583,15 @@ def _validation_entry(run: _Run, median_shape: np.ndarray, n_cases: int, folds: 
                  + ("0.5 as nnU-Net" if device == "cuda" else "0.25 (nnU-Net: 0.5; fewer windows on a CPU)"))
 
 
+def _nonzero_backgrounds(fp: Fingerprint) -> list[float]:
+    """The constant nonzero backgrounds of the cases' channels (images normalised before they came)."""
+    return [b for c in fp.cases for b in c.background if b is not None and b != 0]
+
+
 def _intensity_items(fp: Fingerprint) -> Items:
     """Per channel: nnU-Net's CT normalisation with the fingerprint's numbers, or per-image z-score."""
     rel = fp.median_relative_size_after_cropping
+    shifted = _nonzero_backgrounds(fp)
     items = []
     for ch in fp.channels:
         modality = ch.modality.strip()
@@ -596,9 +603,14 @@ def _intensity_items(fp: Fingerprint) -> Items:
                           "std (nnU-Net's CT normalisation; numbers from the fingerprint, the same for every fold)"))
             continue
         what = f" ({modality})" if modality and modality != ch.name else "" if modality else " (no modality given)"
-        inside = rel < 0.75
-        where = (f"inside the nonzero mask (cropping to it keeps {rel:.0%} of the median case, under 3/4)" if inside
-                 else f"over the whole image (cropping to nonzero keeps {rel:.0%} of the median case)")
+        inside = rel < 0.75 and not shifted
+        if shifted:
+            where = (f"over the whole image (its background is a constant {min(shifted):.4g}, not 0: there is "
+                     "no nonzero mask)")
+        elif inside:
+            where = f"inside the nonzero mask (cropping to it keeps {rel:.0%} of the median case, under 3/4)"
+        else:
+            where = f"over the whole image (cropping to nonzero keeps {rel:.0%} of the median case)"
         items.append(({"kind": "zscore", "nonzero_only": inside},
                       f"{ch.name}{what}: not CT, so z-score per image, {where}, as nnU-Net"))
     return Items(items)
@@ -622,12 +634,22 @@ def _augment_entry(fp: Fingerprint, run: _Run) -> Entry:
 def _data_entries(fp: Fingerprint, run: _Run, target: np.ndarray, spacing_reason: str, manifest: str,
                   allow_outside: bool) -> list[Entry]:
     rel = fp.median_relative_size_after_cropping
-    if rel < 1.0:
-        crop = Entry("crop_foreground", {"threshold": None, "margin_vox": 0},
-                     f"crop to the nonzero box, as nnU-Net (the median case keeps {rel:.0%} of its voxels)")
-    else:
+    shifted = _nonzero_backgrounds(fp)
+    constant = all(b is not None for c in fp.cases for b in c.background)
+    if rel >= 1.0:
         crop = Entry("crop_foreground", None,
                      "no crop: every case is nonzero up to its borders (nnU-Net's nonzero crop would keep it whole)")
+    elif not shifted:
+        crop = Entry("crop_foreground", {"threshold": None, "margin_vox": 0},
+                     f"crop to the nonzero box, as nnU-Net (the median case keeps {rel:.0%} of its voxels)")
+    elif constant:
+        crop = Entry("crop_foreground", {"threshold": _r(max(shifted)), "margin_vox": 2},
+                     "nnU-Net's crop to nonzero for images normalised before they came: the box of voxels above the "
+                     f"highest of the cases' constant backgrounds ({max(shifted):.4g}), 2 voxels wider since one "
+                     f"threshold serves every case (the median case keeps about {rel:.0%} of its voxels)")
+    else:
+        crop = Entry("crop_foreground", None, "no crop: some cases have a constant nonzero background and others "
+                     "none, so no one threshold finds the foreground of all")
     if run.long_run:
         sampling = Entry("sampling", {"pos": 1.0, "neg": 2.0}, "1 patch in 3 centred on foreground, as nnU-Net")
     else:
@@ -767,8 +789,10 @@ def plan_dataset(dataset: str | Path, config: str | Path, budget: PlanBudget, *,
         manifest_ref = manifest_path.name
         allow_outside = not all(p.resolve().is_relative_to(folder.resolve())
                                 for r in rows for p in r.images + ((r.label,) if r.label else ()))
-    else:
-        manifest_ref = os.path.relpath(ds.source, folder)
+    elif os.path.commonpath([folder.resolve(), ds.source.resolve()]) != folder.resolve().anchor:
+        manifest_ref = os.path.relpath(ds.source.resolve(), folder.resolve())
+    else:  # nothing in common but the root: an absolute path reads better than ../../..
+        manifest_ref = str(ds.source.resolve())
     plan = plan_training(fp, budget, manifest=manifest_ref, allow_outside=allow_outside,
                          fingerprint_file=fingerprint_path.name)
     text = plan.to_yaml()

@@ -47,10 +47,12 @@ def phantom_cases(n: int, *, shape=(40, 36, 24), spacing=(4.0, 4.0, 4.0), orient
 
 
 def synthetic_fingerprint(*, spacings, shapes, orientation="RAS", modality="CT", labels=None, fractions=None,
-                          crop_fraction: float = 1.0, channels: int = 1, stats: dict | None = None) -> Fingerprint:
+                          crop_fraction: float = 1.0, channels: int = 1, stats: dict | None = None,
+                          background: float | None = None) -> Fingerprint:
     """A fingerprint made in memory: one case per ``spacings``/``shapes`` row (stored axes, all in
     ``orientation``); each class holds ``fractions[k]`` of every case's voxels (default 1%);
-    ``crop_fraction``: share of each axis kept by the nonzero crop."""
+    ``crop_fraction``: share of the voxels kept by the nonzero crop; ``background``: every
+    channel's border value."""
     labels = labels or {1: "organ"}
     fractions = fractions or {k: 0.01 for k in labels}
     cases = []
@@ -61,7 +63,7 @@ def synthetic_fingerprint(*, spacings, shapes, orientation="RAS", modality="CT",
         crop = tuple(max(1, int(round(s * crop_fraction ** (1 / 3)))) for s in sh)
         cases.append(CaseFingerprint(case_id=f"c{i}", split="train", images=(f"c{i}.nii.gz",), label=f"c{i}_seg.nii.gz",
                                      shape=tuple(sh), spacing=tuple(float(s) for s in sp), orientation=orientation,
-                                     shape_after_crop=crop, classes=classes))
+                                     background=(background,) * channels, shape_after_crop=crop, classes=classes))
     stats = stats or {"mean": 60.0, "std": 40.0, "median": 55.0, "min": -100.0, "max": 300.0,
                       "percentile_00_5": -50.0, "percentile_99_5": 250.0}
     chans = tuple(ChannelStats(name=f"{modality}{c}" if channels > 1 else modality, modality=modality, voxels=1000,

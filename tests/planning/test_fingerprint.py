@@ -110,6 +110,17 @@ def test_the_nonzero_crop_box_and_labels_named_from_the_maps(tmp_path):
     assert case.classes[1].voxels == 0 and case.classes[1].components == 0
     assert case.classes[2].voxels == 18 + 8 and case.classes[2].components == 2
     assert case.classes[2].volume_ml == pytest.approx(26 * 2.0 / 1000)
+    assert case.background == (0.0,)
+    # an image normalised before it came: its background is a constant -5, which counts as zero
+    shifted = write_manifest_dataset(tmp_path / "shifted", [{"id": "a", "images": [vol(image - 5)], "label": vol(label)},
+                                                            {"id": "b", "images": [vol(image)], "label": vol(label)}])
+    cases = compute_fingerprint(read_dataset(shifted)).cases
+    assert cases[0].background == (-5.0,) and cases[1].background == (0.0,)
+    assert cases[0].shape_after_crop == cases[1].shape_after_crop == (20, 10, 7)
+    # a border the image's minimum does not fill (air with noise around a CT phantom): no background
+    assert compute_fingerprint(read_dataset(write_manifest_dataset(
+        tmp_path / "ct", [{"id": s.case_id, "images": [s.image], "label": s.label} for s in phantom_cases(2)])
+    )).cases[0].background == (None,)
 
 
 def test_intensity_pooling_takes_a_seeded_sample_beyond_the_cap(tmp_path, monkeypatch):

@@ -153,6 +153,16 @@ def test_mr_channels_are_zscored_inside_the_nonzero_mask_when_cropping_shrinks_t
     assert pre["crop_foreground"] is None or crop_fraction < 1
 
 
+def test_images_normalised_before_they_came_are_cropped_above_their_constant_background():
+    """z-scored MR (BraTS as shipped): the background is each image's lowest value, not 0."""
+    fp = synthetic_fingerprint(spacings=[(1.0, 1.0, 1.0)] * 3, shapes=[(240, 240, 155)] * 3, modality="MR",
+                               channels=2, crop_fraction=0.35, background=-3.25)
+    _, cfg = _plan(fp)
+    pre = cfg["data"]["preprocess"]
+    assert pre["crop_foreground"] == {"threshold": -3.25, "margin_vox": 2}
+    assert pre["intensity"] == [{"kind": "zscore", "nonzero_only": False}] * 2  # no nonzero mask to z-score in
+
+
 def test_a_cpu_plan_is_smaller_and_shorter_than_a_gpu_plan_and_says_so():
     fp = synthetic_fingerprint(spacings=[(1.0, 1.0, 1.0)] * 4, shapes=[(240, 240, 155)] * 4, modality="MR")
     cpu_plan, cpu = _plan(fp, CPU)
@@ -174,7 +184,7 @@ def test_minutes_size_the_run_and_shrink_the_network_when_few():
     plan, short = _plan(fp, PlanBudget("cpu", 8.0, 5.0))
     assert "max_minutes" not in free and hour["max_minutes"] == 60.0 and short["max_minutes"] == 5.0
     steps = lambda c: c["epochs"] * c["steps_per_epoch"]  # noqa: E731
-    assert steps(short) < steps(hour) <= steps(free)
+    assert steps(short) < steps(hour) and steps(free) == 5000
     assert math.prod(short["patch_size"]) <= math.prod(hour["patch_size"]) <= math.prod(free["patch_size"])
     # a few minutes: the widths are halved so that the patch keeps some context
     assert short["model"]["options"]["channels"][0] == 8 and hour["model"]["options"]["channels"][0] == 16
