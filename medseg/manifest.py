@@ -29,7 +29,7 @@ from medseg.errors import InputError, read_text_input
 from medseg.io.atomic import atomic_path
 from medseg.io.files import strip_image_suffix
 
-__all__ = ["ManifestRow", "read_manifest", "write_manifest", "read_msd", "read_msd_labels", "import_msd",
+__all__ = ["ManifestRow", "read_manifest", "write_manifest", "read_msd", "read_msd_labels", "read_msd_channels", "import_msd",
            "shared_data_dir", "SPLITS", "MANIFEST_COLUMNS", "SHARED_DATA_ENV", "SHARED_DATA_PREFIX"]
 
 SPLITS = ("train", "val", "test")
@@ -251,6 +251,13 @@ def _channel_names(path: Path, data: dict) -> list[str]:
         return [str(channels[k]) for k in sorted(channels, key=lambda k: int(k))]
     except (TypeError, ValueError):
         raise InputError(path, "channel_names/modality keys must be channel numbers \"0\", \"1\", ...") from None
+
+
+def read_msd_channels(dataset_json: str | Path) -> list[str]:
+    """The channel names of a ``dataset.json`` in channel order (nnU-Net v2 ``channel_names``, MSD
+    ``modality``: ``{"0": "FLAIR", "1": "T1w"}`` gives ``["FLAIR", "T1w"]``); empty when it names none."""
+    path = Path(dataset_json)
+    return _channel_names(path, _load_dataset_json(path))
 
 
 def read_msd_labels(dataset_json: str | Path) -> dict[int, str]:

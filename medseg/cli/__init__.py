@@ -8,7 +8,7 @@ prefect and friends are imported inside the command bodies, so ``medseg --help``
 from __future__ import annotations
 
 # Each module registers its commands on the app; imported in the order `medseg --help` lists them.
-from medseg.cli import ingest, models, train, segment, export, crf, postprocess, volumes, evaluate, batch, demo  # noqa: F401, I001
+from medseg.cli import ingest, models, plan, train, segment, export, crf, postprocess, volumes, evaluate, batch, demo  # noqa: F401, I001
 
 from medseg.cli.app import app, main
 

@@ -68,6 +68,7 @@ __all__ = [
     "is_multiframe_dicom",
     "read_volume",
     "read_channels",
+    "check_channel_grid",
     "check_volume_size",
     "single_dicom_file_problem",
     "write_volume",
@@ -168,16 +169,21 @@ def read_channels(paths: list[str | Path] | tuple[str | Path, ...], *, series_ui
     if not paths:
         raise ValueError("paths: expected at least one image, got none")
     volumes = [read_volume(p, series_uid=series_uid, resample_tilt=resample_tilt) for p in paths]
-    first = volumes[0]
     for other in volumes[1:]:
-        if other.shape != first.shape:
-            raise InputError(other.source, f"channel of shape {other.shape} is not on the grid of "
-                             f"{first.source} (shape {first.shape}); every channel must share one grid")
-        if not first.same_grid(other):
-            diff = affine_difference_mm(first.affine, other.affine, first.shape)
-            raise InputError(other.source, f"channel is not on the grid of {first.source} (affines differ by "
-                             f"up to {diff:.4g} mm); every channel must share one grid")
+        check_channel_grid(volumes[0], other)
     return volumes
+
+
+def check_channel_grid(first: Volume, other: Volume) -> None:
+    """Raise :class:`InputError` (naming ``other``'s file and ``first``'s) unless ``other``, a
+    channel of the same study, lies on ``first``'s grid (same shape, affines within 1e-3 mm)."""
+    if other.shape != first.shape:
+        raise InputError(other.source, f"channel of shape {other.shape} is not on the grid of "
+                         f"{first.source} (shape {first.shape}); every channel must share one grid")
+    if not first.same_grid(other):
+        diff = affine_difference_mm(first.affine, other.affine, first.shape)
+        raise InputError(other.source, f"channel is not on the grid of {first.source} (affines differ by "
+                         f"up to {diff:.4g} mm); every channel must share one grid")
 
 
 def check_volume_size(path: str | Path) -> None:

@@ -47,20 +47,46 @@ def _build_unet(spatial_dims: int, in_channels: int, out_channels: int, *,
                 num_res_units: int = 2, norm: str = "instance", dropout: float = 0.0):
     """U-Net (MONAI's residual ``UNet``): see :class:`medseg.models.unet.UNet`.
 
-    Options: ``channels`` (width per level), ``strides`` (``len(channels) - 1`` values),
-    ``num_res_units`` (0 = plain conv blocks), ``norm`` ("instance" | "batch"), ``dropout``.
+    Options: ``channels`` (width per level), ``strides`` (``len(channels) - 1`` values, each one
+    number for every axis or one per axis, e.g. ``[[2, 2, 1], [2, 2, 2]]`` for thick slices along
+    the last axis), ``num_res_units`` (0 = plain conv blocks), ``norm`` ("instance" | "batch"),
+    ``dropout``.
     """
     from medseg.models import blocks
     from medseg.models.unet import UNet
 
     _check_common(in_channels, out_channels)
     channels = blocks.check_int_sequence("channels", channels, min_len=2)
-    strides = blocks.check_int_sequence("strides", strides, length=len(channels) - 1)
+    strides = _check_strides(strides, len(channels) - 1, spatial_dims)
     if isinstance(num_res_units, bool) or not isinstance(num_res_units, int) or num_res_units < 0:
         raise ValueError(f"num_res_units must be an integer >= 0, not {num_res_units!r}")
     blocks.check_choice("norm", norm, blocks.NORMS)
     return UNet(spatial_dims, in_channels, out_channels, channels=channels, strides=strides,
                 num_res_units=num_res_units, norm=norm, dropout=blocks.check_probability("dropout", dropout))
+
+
+def _check_strides(strides: Any, levels: int, spatial_dims: int) -> tuple[int | tuple[int, ...], ...]:
+    """``strides`` of a U-Net: ``levels`` entries, each an int >= 1 (every axis) or ``spatial_dims`` ints >= 1."""
+    from collections.abc import Sequence
+
+    from medseg.models import blocks
+
+    if isinstance(strides, (str, bytes)) or not isinstance(strides, Sequence):
+        raise TypeError(f"strides must be a sequence of integers (or of per-axis integer lists), e.g. (2, 2, 2), "
+                        f"not {strides!r}")
+    if len(strides) != levels:
+        raise ValueError(f"strides must have exactly {levels} values, got {len(strides)}: {tuple(strides)}")
+    out: list[int | tuple[int, ...]] = []
+    for i, s in enumerate(strides):
+        if isinstance(s, Sequence) and not isinstance(s, (str, bytes)):
+            out.append(blocks.check_int_sequence(f"strides[{i}]", s, length=spatial_dims))
+        elif isinstance(s, bool) or not isinstance(s, int):
+            raise TypeError(f"strides must contain integers or per-axis integer lists only, not {tuple(strides)!r}")
+        elif s < 1:
+            raise ValueError(f"every value of strides must be >= 1, got {tuple(strides)}")
+        else:
+            out.append(s)
+    return tuple(out)
 
 
 def _build_vnet(spatial_dims: int, in_channels: int, out_channels: int, *, base_channels: int = 16,

@@ -71,6 +71,20 @@ def test_unet_residual_units_are_optional():
     assert plain(torch.randn(1, 1, *INPUT_SHAPES[2])).shape == (1, 2, *INPUT_SHAPES[2])
 
 
+def test_unet_strides_per_axis_keep_a_thick_axis_at_full_resolution():
+    """Per-axis strides: the last axis is pooled once instead of three times, so the network takes
+    thin inputs along it and pads them less (the size divisor is per axis)."""
+    iso = build("unet", 3, channels=(4, 8, 16, 32), strides=(2, 2, 2))
+    aniso = build("unet", 3, channels=(4, 8, 16, 32), strides=([2, 2, 1], [2, 2, 1], 2))
+    assert iso.size_divisor == (8, 8, 8) and aniso.size_divisor == (8, 8, 2)
+    seen = {}
+    aniso.net.model[1].register_forward_pre_hook(lambda m, i: seen.__setitem__("level1", i[0].shape[2:]))
+    x = torch.randn(1, 1, 32, 24, 6)
+    with torch.no_grad():
+        assert aniso(x).shape == (1, 2, 32, 24, 6)
+    assert tuple(seen["level1"]) == (16, 12, 6)  # the first level halved R and A only
+
+
 # ---------------------------------------------------------------- V-Net
 
 @pytest.mark.parametrize("dims", [2, 3])
