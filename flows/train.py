@@ -78,8 +78,9 @@ def train_flow(config_path: str, out_dir: str, manifest: str | None = None, resu
 
     ``folds``: cross-validation folds to train into ``out_dir/fold_K`` (``"all"``, ``"0,2"`` or
     a list of fold numbers; folds already trained are skipped); ``None``: one model in ``out_dir``.
-    ``max_minutes``: time budget (default: the config's ``max_minutes``); with folds, each fold
-    task gets an equal share of it, whether the task runner trains them in turn or in parallel.
+    ``max_minutes``: the flow's time budget; with folds, each fold task gets an equal share of it,
+    whether the task runner trains them in turn or in parallel. ``None``: each training run has
+    the config's ``max_minutes`` (a budget per run, or none).
     """
     logger = get_run_logger()
     logger.info("training %s -> %s", config_path, out_dir)
@@ -95,12 +96,7 @@ def train_flow(config_path: str, out_dir: str, manifest: str | None = None, resu
 
     chosen = parse_folds(folds)
     selected = prepare_folds_task(config_path, out_dir, manifest, None if chosen is None else list(chosen), device)
-    budget = max_minutes
-    if budget is None:
-        from medseg.training import load_train_config
-
-        budget = load_train_config(config_path).max_minutes
-    share = None if budget is None or not selected else budget / len(selected)
+    share = None if max_minutes is None or not selected else max_minutes / len(selected)
     futures = [train_fold_task.submit(config_path, out_dir, k, manifest, resume, device, share) for k in selected]
     for future in futures:
         logger.info("fold trained: %s", future.result())

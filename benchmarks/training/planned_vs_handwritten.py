@@ -2,7 +2,7 @@
 
 For each dataset, side by side in one run:
 
-1. **planned**: ``medseg plan MANIFEST -o planned.yaml --minutes N`` (the dataset fingerprint and
+1. **planned**: ``medseg plan MANIFEST -o planned.yaml --minutes N/K`` (the dataset fingerprint and
    nnU-Net-style decisions, no hand-tuning), then
    ``medseg train planned.yaml --out planned/ --folds all --max-minutes N``;
 2. **hand-written**: a copy of the hand-written config with ``cross_validation: {folds: K}``
@@ -158,7 +158,9 @@ def run_dataset(name: str, minutes: float, device: str, env: dict, fresh: bool) 
     regions = {k: list(v) for k, v in (_read_yaml(dataset["config"])["data"].get("regions") or {}).items()}
 
     planned = work / "planned.yaml"
-    plan = _medseg(["plan", str(dataset["manifest"]), "-o", str(planned), "--minutes", f"{minutes:g}",
+    # plan --minutes is one training run's (one fold's) budget; the folds share the command's minutes
+    per_fold = minutes / min(DEFAULT_FOLDS, n_cases)
+    plan = _medseg(["plan", str(dataset["manifest"]), "-o", str(planned), "--minutes", f"{per_fold:g}",
                     "--device", device], env, work / "plan.log")
     planned_folds = int((_read_yaml(planned).get("cross_validation") or {}).get("folds", DEFAULT_FOLDS))
     folds = min(planned_folds, n_cases)

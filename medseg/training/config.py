@@ -167,14 +167,6 @@ class DataConfig(_Strict):
         return self
 
 
-class CrossValidationConfig(_Strict):
-    """k-fold cross-validation by case over the manifest's labelled ``train`` and ``val`` cases:
-    ``folds`` folds, cases assigned by a k-fold split seeded with ``seed`` (``splits.json``)."""
-
-    folds: int = Field(5, ge=2)
-    seed: int = 0
-
-
 class TrainConfig(_Strict):
     """A training run. Length: ``steps`` or ``epochs`` (× ``steps_per_epoch``), exactly one.
 
@@ -223,9 +215,6 @@ class TrainConfig(_Strict):
     autocast: Literal["auto", "none", "bf16", "fp16"] = "auto"
     checkpoint_every_steps: int = Field(50, ge=1)
     num_threads: int | Literal["auto"] = "auto"
-    cross_validation: CrossValidationConfig = Field(default_factory=CrossValidationConfig)
-    max_minutes: float | None = Field(None, gt=0, description="time budget of the run in minutes; the schedule "
-                                      "is fitted to it and the run stops cleanly at it")
     crf_rnn: CRFConfig | None = Field(
         None, description="wrap the model with a trainable CRF-as-RNN layer (medseg.postprocess.CRFasRNN): "
         "kernel widths in mm of the preprocessed grid, intensity_sigma in the network input's units "

@@ -321,9 +321,11 @@ def train_folds(config: TrainConfig, *, manifest: str | Path | None = None, mode
         folds: fold numbers; ``None``: every fold. Finished folds are skipped, so a re-run
             continues where the last one stopped (with ``resume`` for a fold interrupted mid-way).
         resume, device, progress, stop_after_steps, notify: for each fold, as :func:`train_fold`.
-        max_minutes: the whole call's time budget (default ``config.max_minutes``): each fold
-            still to train gets an equal share of what is left when it starts (the out-of-fold
-            maps of the folds before it included).
+        max_minutes: the whole call's time budget (``medseg train --folds ... --max-minutes``):
+            each fold still to train gets an equal share of what is left when it starts (the
+            out-of-fold maps of the folds before it included). ``None``: each fold has the
+            config's ``max_minutes`` (a budget per training run, what ``medseg plan --minutes``
+            writes), or none.
 
     Returns:
         ``model_dir``.
@@ -337,7 +339,7 @@ def train_folds(config: TrainConfig, *, manifest: str | Path | None = None, mode
     manifest = resolve_manifest(config, manifest)
     started = time.perf_counter()
     selected = prepare_folds(config, manifest=manifest, model_dir=model_dir, folds=folds, device=device)
-    budget = max_minutes if max_minutes is not None else config.max_minutes
+    budget = max_minutes
     todo = [k for k in selected if not fold_finished(fold_dir(model_dir, k), config)]
     for k in selected:
         share = None
