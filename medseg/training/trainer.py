@@ -395,7 +395,7 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
         model = _wrap_crf_rnn(model, config, pre)
     model = model.to(dev)
     # validation runs what model.pt will hold: the plain network (a CRF-as-RNN layer stays out of it)
-    predictor = Predictor(model.net if config.crf_rnn is not None else model, plans, runtime=runtime,
+    predictor = Predictor([model.net if config.crf_rnn is not None else model], plans, runtime=runtime,
                           window_batch=config.validation.sw_batch_size)
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(dev)
     optimiser = _build_optimiser(config, model)
