@@ -245,8 +245,8 @@ class Prediction:
 
 
 class Predictor:
-    """One network, or the networks of several folds sharing one plans, and their plans: segments
-    any number of studies.
+    """A model's networks (one, or one per fold of a fold folder) and its plans: segments any number
+    of studies.
 
     Build it with :meth:`from_model_dir` (a model folder, loaded once), or directly around networks
     already on ``runtime.device`` (the trainer validates this way). The caller sets the networks'
@@ -260,8 +260,9 @@ class Predictor:
     restored afterwards).
 
     Args:
-        nets: ``nn.Module`` s mapping ``(B, C, *patch)`` to logits ``(B, K, *patch)`` (2D or 3D, as
-            in ``plans.model.spatial_dims``), their parameters on ``runtime.device``; one per fold.
+        nets: the networks (``nn.Module``, one per fold), each mapping ``(B, C, *patch)`` to logits
+            ``(B, K, *patch)`` (2D or 3D, as in ``plans.model.spatial_dims``), their parameters on
+            ``runtime.device``.
         plans: the model's :class:`~medseg.plans.ModelPlans` (preprocessing, patch, slice axis, labels).
         runtime: device, autocast and threads (:func:`medseg.runtime.resolve_runtime`).
         tta: mirror test-time augmentation by default.
