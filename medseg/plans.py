@@ -233,7 +233,8 @@ def fold_dirs(folder: str | Path) -> dict[int, Path]:
         return found
     for child in children:
         suffix = child.name[len(FOLD_PREFIX):]
-        if not (child.name.startswith(FOLD_PREFIX) and suffix.isdigit() and suffix.isascii()):
+        if not (child.name.startswith(FOLD_PREFIX) and suffix.isascii() and suffix.isdigit()
+                and suffix == str(int(suffix))):  # fold_3, not fold_03
             continue
         if (child / PLANS_FILE).is_file() or (child / WEIGHTS_FILE).is_file():
             found[int(suffix)] = child

@@ -93,5 +93,5 @@ def _describe(model_dir: Path, as_json: bool, task: str | None = None) -> None:
     if info.largest_component is not None:
         kept = ", ".join(f"{k} {info.labels.get(k, k)}" for k in info.largest_component)
         typer.echo("post-processing: " + (f"keep only the largest component of {kept}" if kept else
-                                          "none (every component kept)")
-                   + " (chosen by cross-validation: postprocessing.json; applied by segment and batch)")
+                                          "keep every component")
+                   + " (chosen by cross-validation, postprocessing.json; applied by segment and batch)")

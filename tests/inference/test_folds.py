@@ -244,7 +244,7 @@ def test_postprocessing_from_cross_validation_keeps_the_largest_component(traine
     assert _components(on == 1)[1] == _components(off == 1)[1]  # classes marked false keep their components
 
     r = cli("models", "--describe", model)
-    assert ("post-processing: keep only the largest component of 2 spleen (chosen by cross-validation: "
+    assert ("post-processing: keep only the largest component of 2 spleen (chosen by cross-validation, "
             "postprocessing.json; applied by segment and batch)") in r.stdout
 
     # with --components too: the small blobs go, and the spleen is still its largest component alone
