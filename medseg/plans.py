@@ -8,6 +8,17 @@ Layout::
       labels.json        # {"1": "liver", ...} (0 is background)
       config.yaml        # the resolved training config (for the record; not needed to predict)
       training_log.csv   # per-epoch metrics (for the record)
+
+A cross-validated model folder holds one such directory per fold, every fold's ``plans.json``
+the same, and the post-processing chosen on the out-of-fold predictions::
+
+    MODEL_DIR/
+      splits.json          # [{"train": [case ids], "val": [case ids]}, ...], one entry per fold
+      fold_0/ fold_1/ ...  # each a model directory as above (+ validation/<case_id>.nii.gz)
+      cv_summary.json      # the evaluation summary of the out-of-fold predictions
+      postprocessing.json  # {"largest_component": {"<label id>": true|false, ...}, "dice": {...}}
+
+:func:`fold_dirs` lists the fold directories; :func:`read_postprocessing` reads the decision.
 """
 
 from __future__ import annotations
@@ -25,12 +36,14 @@ from medseg.io.atomic import atomic_write_text
 from medseg.preprocess.config import PreprocessConfig
 
 __all__ = ["ModelSpec", "InferenceDefaults", "ModelPlans", "load_plans", "save_plans", "read_labels",
-           "write_labels", "check_labels", "check_patch_size", "WEIGHTS_FILE", "PLANS_FILE", "LABELS_FILE",
-           "MAX_PATCH_SIDE", "MAX_PATCH_VOXELS"]
+           "write_labels", "check_labels", "check_patch_size", "fold_dirs", "read_postprocessing", "WEIGHTS_FILE",
+           "PLANS_FILE", "LABELS_FILE", "POSTPROCESSING_FILE", "FOLD_PREFIX", "MAX_PATCH_SIDE", "MAX_PATCH_VOXELS"]
 
 WEIGHTS_FILE = "model.pt"
 PLANS_FILE = "plans.json"
 LABELS_FILE = "labels.json"
+POSTPROCESSING_FILE = "postprocessing.json"
+FOLD_PREFIX = "fold_"  # fold K of a cross-validated model folder is the directory fold_K
 
 # Patch (training crop and sliding window) bounds, in voxels of the preprocessed grid. No CT or MR
 # grid used for segmentation is wider than 1024 voxels along an axis, and images are padded up to
@@ -207,3 +220,65 @@ def read_labels(path: str | Path) -> dict[int, str]:
 
 def write_labels(labels: dict[int, str], path: str | Path) -> None:
     atomic_write_text(path, json.dumps({str(k): v for k, v in sorted(labels.items())}, indent=2))
+
+
+def fold_dirs(folder: str | Path) -> dict[int, Path]:
+    """``{K: folder/fold_K}`` for every sub-folder ``fold_K`` (``K`` a non-negative integer) that
+    holds a ``plans.json`` or a ``model.pt``, sorted by ``K``; empty for a plain model directory."""
+    folder = Path(folder)
+    found: dict[int, Path] = {}
+    try:
+        children = list(folder.iterdir())
+    except OSError:
+        return found
+    for child in children:
+        suffix = child.name[len(FOLD_PREFIX):]
+        if not (child.name.startswith(FOLD_PREFIX) and suffix.isascii() and suffix.isdigit()
+                and suffix == str(int(suffix))):  # fold_3, not fold_03
+            continue
+        if (child / PLANS_FILE).is_file() or (child / WEIGHTS_FILE).is_file():
+            found[int(suffix)] = child
+    return dict(sorted(found.items()))
+
+
+def read_postprocessing(folder: str | Path, labels: Mapping[int, str]) -> tuple[int, ...] | None:
+    """The classes whose largest connected component alone is kept, as decided by
+    cross-validation in ``folder/postprocessing.json`` (``{"largest_component": {"<label id>":
+    true|false, ...}, ...}``; other keys, e.g. the Dice before and after, are for the record).
+
+    Args:
+        labels: the model's ``{class id: name}``; every id in the file must be one of them.
+
+    Returns:
+        the class ids marked ``true``, sorted (empty when every class keeps all its components),
+        or ``None`` when the folder has no ``postprocessing.json``.
+
+    Raises:
+        InputError: naming the file: not UTF-8 JSON, no ``largest_component`` object, an id that
+            is not one of the model's labels, a value that is not ``true``/``false``.
+    """
+    path = Path(folder) / POSTPROCESSING_FILE
+    if not path.exists():
+        return None
+    text = read_text_input(path, "post-processing file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not a JSON post-processing file ({exc})") from None
+    decision = data.get("largest_component") if isinstance(data, dict) else None
+    if not isinstance(decision, dict):
+        raise InputError(path, 'expected {"largest_component": {"<label id>": true|false, ...}}')
+    keep: list[int] = []
+    for key, value in decision.items():
+        try:
+            label = int(key)
+        except ValueError:
+            raise InputError(path, f"largest_component: label id {key!r} is not an integer") from None
+        if label not in labels:
+            known = ", ".join(str(k) for k in sorted(labels))
+            raise InputError(path, f"largest_component: label {label} is not one of the model's labels ({known})")
+        if not isinstance(value, bool):
+            raise InputError(path, f"largest_component: label {label} must be true or false, not {value!r}")
+        if value:
+            keep.append(label)
+    return tuple(sorted(keep))

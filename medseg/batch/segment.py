@@ -55,11 +55,12 @@ class BatchOptions(BaseModel):
         crf: refine the network's probabilities with the dense 3D CRF before taking labels, with
             the defaults of the model's modality (CT: 12 HU intensity kernel; MR: from the image).
         crf_config: ``CRFConfig`` fields that override those defaults.
-        components: connected-component clean-up (``ComponentsConfig`` fields), or ``None``.
+        components: connected-component clean-up (``ComponentsConfig`` fields), or ``None``; the
+            model folder's own post-processing (``postprocessing.json``) applies either way.
         tta: mirror test-time augmentation.
         folds, checkpoint, task, step_size: how to run the model folder
-            (:class:`~medseg.inference.kinds.ModelOptions`: nnU-Net folds and checkpoint, the
-            TotalSegmentator task, the window step).
+            (:class:`~medseg.inference.kinds.ModelOptions`: the folds of an nnU-Net or medseg fold
+            folder, the nnU-Net checkpoint, the TotalSegmentator task, the window step).
         backend, precision, calibration: what runs the network (``auto``, ``torch``,
             ``openvino``, ``onnxruntime``), at which precision (``f32``, ``bf16``, ``int8``), and
             for int8 the calibration studies (each a list of channel paths).

@@ -13,11 +13,14 @@ import typer
 __all__ = ["MODEL_HELP", "FOLDS", "CHECKPOINT", "TASK", "STEP_SIZE", "BACKEND", "PRECISION", "CALIBRATE",
            "model_options", "describe"]
 
-MODEL_HELP = ("Model folder: a medseg model directory (`medseg train`), an nnU-Net v2 trained-model folder "
-              "(<Trainer>__<Plans>__<configuration>/), a TotalSegmentator weights folder with --task, or a MONAI bundle.")
+MODEL_HELP = ("Model folder: a medseg model directory (`medseg train`) or a folder of its fold_*/ directories "
+              "(`medseg train --folds`), an nnU-Net v2 trained-model folder (<Trainer>__<Plans>__<configuration>/), "
+              "a TotalSegmentator weights folder with --task, or a MONAI bundle.")
 
 FOLDS: Optional[str] = typer.Option(
-    None, "--folds", help="nnU-Net folds to run and average, e.g. 0,1 (default: every fold present).")
+    None, "--folds",
+    help="Folds to run and average, e.g. 0,1 (default: every fold present): the fold_K/ folders of a medseg model "
+         "folder (softmax probabilities averaged) or of an nnU-Net folder (logits averaged).")
 CHECKPOINT: str = typer.Option(
     "final", "--checkpoint", help="nnU-Net checkpoint: final (checkpoint_final.pth) or best (checkpoint_best.pth).")
 TASK: Optional[str] = typer.Option(

@@ -19,8 +19,9 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
     describe: Optional[Path] = typer.Option(None, "--describe", metavar="MODEL",
                                             help="Describe a model folder instead: its input channels (the order "
-                                                 "`medseg segment INPUT...` takes them in), labels, grid, window "
-                                                 "and folds, from its configuration files only (no weights loaded)."),
+                                                 "`medseg segment INPUT...` takes them in), labels, grid, window, "
+                                                 "folds and post-processing, from its configuration files only "
+                                                 "(no weights loaded)."),
     task: Optional[str] = typer.Option(None, "--task", help="With --describe: the TotalSegmentator task of a "
                                        "TotalSegmentator weights folder."),
 ) -> None:
@@ -87,4 +88,10 @@ def _describe(model_dir: Path, as_json: bool, task: str | None = None) -> None:
                + (f", overlap {d['overlap']:g}" if d.get("overlap") is not None else "")
                + (f", step size {d['step_size']:g}" if d.get("step_size") is not None else ""))
     if info.folds is not None:
-        typer.echo(f"folds:         {', '.join(map(str, info.folds)) or 'none trained'}")
+        averaged = " (each fold's softmax probabilities averaged)" if info.kind == "medseg" and len(info.folds) > 1 else ""
+        typer.echo(f"folds:         {', '.join(map(str, info.folds)) or 'none trained'}{averaged}")
+    if info.largest_component is not None:
+        kept = ", ".join(f"{k} {info.labels.get(k, k)}" for k in info.largest_component)
+        typer.echo("post-processing: " + (f"keep only the largest component of {kept}" if kept else
+                                          "keep every component")
+                   + " (chosen by cross-validation, postprocessing.json; applied by segment and batch)")

@@ -14,8 +14,9 @@ Pipeline per study: the model's own preprocessing (orientation, spacing, intensi
 Gaussian-blended sliding windows, streamed in slabs along the last axis (the accumulator never
 holds the whole study's class scores) → per-class trilinear resampling back to the input grid,
 slab by slab, with the argmax taken at once → the inverse orientation. Then the study pipeline
-(:mod:`medseg.inference.pipeline`): CRF → components → volumes, the same for ``medseg segment``,
-``medseg batch`` and the flows.
+(:mod:`medseg.inference.pipeline`): CRF → components (with the model folder's post-processing
+chosen by cross-validation) → volumes, the same for ``medseg segment``, ``medseg batch`` and the
+flows. A medseg model folder with folds (``fold_*/``) runs as one ensemble (softmax averaged).
 
 Device, autocast and CPU threads follow :mod:`medseg.runtime` (the predictor holds a
 :class:`~medseg.runtime.Runtime` and activates it around its work).

@@ -3,7 +3,9 @@ loading weights, and loaded into a predictor.
 
 Kinds:
 
-- ``medseg``: a model directory written by ``medseg train`` (``plans.json`` + ``model.pt``).
+- ``medseg``: a model directory written by ``medseg train`` (``plans.json`` + ``model.pt``), or a
+  cross-validated folder of them (``fold_*/plans.json`` + ``fold_*/model.pt``), run as an ensemble
+  of its folds (:mod:`medseg.inference.own_model`).
 - ``nnunet``: an nnU-Net v2 trained-model folder ``<Trainer>__<Plans>__<configuration>/`` with
   ``dataset.json``, ``plans.json`` and ``fold_*/checkpoint_final.pth`` (:mod:`medseg.inference.nnunet`).
 - ``totalsegmentator``: a TotalSegmentator weights folder (its ``nnunet/results``), with a
@@ -47,8 +49,8 @@ class ModelOptions:
     """How to run a model folder (each option applies to the kinds that have the concept).
 
     Attributes:
-        folds: which folds to run and average (nnU-Net, TotalSegmentator); ``None``: every fold
-            present (nnU-Net) or the task's own (TotalSegmentator).
+        folds: which folds to run and average (nnU-Net, TotalSegmentator, a medseg fold folder);
+            ``None``: every fold present (nnU-Net, medseg) or the task's own (TotalSegmentator).
         checkpoint: ``"final"`` (``checkpoint_final.pth``) or ``"best"`` (``checkpoint_best.pth``).
         task: the TotalSegmentator task (``total``, ``total_mr``, ``total_fast``…); required for
             a TotalSegmentator weights folder, refused for other kinds.
@@ -95,6 +97,10 @@ class ModelInfo:
         spacing_mm: the network grid's voxel spacing along the array axes, or ``None`` (native).
         patch_size: the sliding window in voxels of the network grid.
         folds: the folds that will run (``None`` for kinds without folds).
+        largest_component: the classes whose largest connected component alone is kept, as the
+            model folder's cross-validation decided (a medseg fold folder's
+            ``postprocessing.json``; the study pipeline applies it); ``None``: the folder has no
+            such decision.
         details: kind-specific facts (trainer, plans, configuration, architecture, task, parts…),
             JSON-ready.
     """
@@ -107,6 +113,7 @@ class ModelInfo:
     spacing_mm: tuple[float, ...] | None
     patch_size: tuple[int, ...]
     folds: tuple[int, ...] | None = None
+    largest_component: tuple[int, ...] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +121,7 @@ class ModelInfo:
         d = asdict(self)
         d["path"] = str(self.path)
         d["labels"] = {str(k): v for k, v in sorted(self.labels.items())}
-        for key in ("channels", "spacing_mm", "patch_size", "folds"):
+        for key in ("channels", "spacing_mm", "patch_size", "folds", "largest_component"):
             d[key] = None if d[key] is None else list(d[key])
         return d
 
@@ -146,11 +153,16 @@ def detect_kind(path: str | Path, task: str | None = None) -> str:
         return "monai-bundle"
     if (folder / "plans.json").is_file() or (folder / "model.pt").is_file():
         return "medseg"
+    from medseg.plans import fold_dirs
+
+    if fold_dirs(folder):
+        return "medseg"
     if any(p.is_dir() and p.name.startswith("Dataset") for p in _children(folder)) or (folder / "nnunet").is_dir():
         raise InputError(folder, "looks like a TotalSegmentator weights folder: give --task (e.g. --task total)")
     nested = [p for p in _children(folder) if p.is_dir() and (p / "dataset.json").is_file() and (p / "plans.json").is_file()]
     hint = f" (did you mean {nested[0]}?)" if len(nested) == 1 else ""
-    raise InputError(folder, "not a model folder: no plans.json + model.pt (medseg), no dataset.json + plans.json + "
+    raise InputError(folder, "not a model folder: no plans.json + model.pt or fold_*/ of them (medseg), no "
+                     "dataset.json + plans.json + "
                      f"fold_*/ (nnU-Net v2), no configs/metadata.json (MONAI bundle){hint}")
 
 
@@ -217,9 +229,9 @@ def _kind_module(path: str | Path, options: ModelOptions | None):
     """The module of the folder's kind, with the options checked against the kind."""
     options = options or ModelOptions()
     kind = detect_kind(path, options.task)
+    if kind not in ("medseg", "nnunet", "totalsegmentator") and options.folds is not None:
+        raise InputError(path, f"a {kind} model has no folds: leave out --folds")
     if kind not in ("nnunet", "totalsegmentator"):
-        if options.folds is not None:
-            raise InputError(path, f"a {kind} model has no folds: leave out --folds")
         if options.checkpoint != "final":
             raise InputError(path, f"a {kind} model has one checkpoint: leave out --checkpoint")
     return _module(kind), options

@@ -63,7 +63,9 @@ class StudyOptions(BaseModel):
                   components: dict[str, Any] | ComponentsConfig | None = None, tta: bool = False) -> "StudyOptions":
         """Options for a model (its :class:`~medseg.inference.kinds.ModelInfo`, e.g.
         ``predictor.info``): ``crf`` takes the defaults of the model's modality (``info.modality``:
-        CT 12 HU, MR estimated from the image) with ``crf_config`` overrides.
+        CT 12 HU, MR estimated from the image) with ``crf_config`` overrides; ``components``
+        also keeps only the largest component of the classes the model folder's
+        cross-validation chose (``info.largest_component``, a fold folder's ``postprocessing.json``).
 
         Raises:
             MedsegError: a ``crf_config`` or ``components`` setting that is not valid.
@@ -72,6 +74,11 @@ class StudyOptions(BaseModel):
             crf_cfg = CRFConfig.for_modality(info.modality, **(crf_config or {})) if crf else None
             comp = (components if isinstance(components, ComponentsConfig) or components is None
                     else ComponentsConfig.model_validate(components))
+            if info.largest_component:
+                comp = comp or ComponentsConfig()
+                if comp.largest_component is not True:
+                    chosen = sorted(set(comp.largest_component or ()) | set(info.largest_component))
+                    comp = ComponentsConfig.model_validate({**comp.model_dump(), "largest_component": chosen})
         except (ValueError, TypeError) as exc:
             raise MedsegError(f"invalid CRF or components option: {validation_message(exc)}") from None
         return cls(crf=crf_cfg, components=comp, tta=tta)

@@ -13,7 +13,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.volume import Volume
-from medseg.plans import PLANS_FILE, WEIGHTS_FILE, ModelPlans, load_plans
+from medseg.plans import PLANS_FILE, WEIGHTS_FILE, ModelPlans
 from medseg.preprocess import InverseInfo, preprocess_case
 from medseg.runtime import Runtime
 
@@ -44,6 +44,44 @@ def _unreadable_weights(weights: Path, exc: Exception) -> str:
     else:
         why = "it is not a torch weights file"
     return f"not a readable weights file: {why} (expected the state_dict that `medseg train` writes)"
+
+
+def _load_network(model_dir: Path, plans: ModelPlans, runtime: Runtime):
+    """The network of the model directory ``model_dir`` (built from ``plans``, ``model.pt``
+    loaded with ``weights_only=True``), in eval mode on ``runtime.device``.
+
+    Raises:
+        InputError: no weights, unreadable weights, weights that do not fit the architecture.
+    """
+    import torch
+
+    from medseg.models import create_model
+
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise InputError(model_dir, f"not a complete model directory (no {WEIGHTS_FILE})")
+    spec = plans.model
+    try:
+        net = create_model(spec.name, spatial_dims=spec.spatial_dims, in_channels=spec.in_channels,
+                           out_channels=spec.out_channels, **spec.options)
+    except (ValueError, TypeError) as exc:
+        raise InputError(model_dir / PLANS_FILE, f"cannot build the model: {exc}") from None
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, a pickle with code (refused by weights_only)
+        raise InputError(weights, _unreadable_weights(weights, exc)) from None
+    if not isinstance(state, dict):
+        raise InputError(weights, f"holds a {type(state).__name__}, expected a state_dict")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # load_state_dict reports mismatched keys/shapes this way
+        first = str(exc).splitlines()
+        raise InputError(weights, "weights do not fit the architecture in plans.json "
+                         f"({' '.join(line.strip() for line in first[:2])[:300]})") from None
+    net.eval()
+    return net.to(runtime.device)
 
 
 def _inverse_orientation(inverse: InverseInfo) -> np.ndarray:
@@ -207,30 +245,35 @@ class Prediction:
 
 
 class Predictor:
-    """A network and its plans: segments any number of studies.
+    """A model's networks (one, or one per fold of a fold folder) and its plans: segments any number
+    of studies.
 
-    Build it with :meth:`from_model_dir` (a model directory, loaded once), or directly around a
-    network already on ``runtime.device`` (the trainer validates this way). The caller sets the
-    network's mode: :meth:`from_model_dir` puts it in eval mode at load; :meth:`predict` never
-    changes it. Windows run through :attr:`forward`: the network on ``runtime.device`` (GPU or
-    CPU) under ``runtime``'s autocast, or after :meth:`use_backend` the network compiled for
+    Build it with :meth:`from_model_dir` (a model folder, loaded once), or directly around networks
+    already on ``runtime.device`` (the trainer validates this way). The caller sets the networks'
+    mode: :meth:`from_model_dir` puts them in eval mode at load; :meth:`predict` never changes it.
+    Windows run through :attr:`forwards`, one per network: the network on ``runtime.device`` (GPU
+    or CPU) under ``runtime``'s autocast, or after :meth:`use_backend` the network compiled for
     OpenVINO or ONNX Runtime (:mod:`medseg.inference.backends`); stitching and resampling on the
-    CPU. :meth:`predict` and :meth:`window_scores` run inside ``runtime.activate()`` (its CPU
-    threads, the caller's count restored afterwards).
+    CPU. Several networks (a fold ensemble) see the same preprocessed windows, and their softmax
+    probabilities are averaged window by window, before blending. :meth:`predict` and
+    :meth:`window_scores` run inside ``runtime.activate()`` (its CPU threads, the caller's count
+    restored afterwards).
 
     Args:
-        net: ``nn.Module`` mapping ``(B, C, *patch)`` to logits ``(B, K, *patch)`` (2D or 3D, as in
-            ``plans.model.spatial_dims``), its parameters on ``runtime.device``.
+        nets: the networks (``nn.Module``, one per fold), each mapping ``(B, C, *patch)`` to logits
+            ``(B, K, *patch)`` (2D or 3D, as in ``plans.model.spatial_dims``), their parameters on
+            ``runtime.device``.
         plans: the model's :class:`~medseg.plans.ModelPlans` (preprocessing, patch, slice axis, labels).
         runtime: device, autocast and threads (:func:`medseg.runtime.resolve_runtime`).
         tta: mirror test-time augmentation by default.
         overlap: window overlap fraction (default: ``plans.inference.overlap``).
         window_batch: windows per forward pass.
         model_dir: where the model came from (for messages), if anywhere.
+        info: the model's :class:`~medseg.inference.kinds.ModelInfo` (default: from ``plans``).
     """
 
-    def __init__(self, net, plans: ModelPlans, *, runtime: Runtime, tta: bool = False,
-                 overlap: float | None = None, window_batch: int = 2, model_dir: str | None = None):
+    def __init__(self, nets: Sequence, plans: ModelPlans, *, runtime: Runtime, tta: bool = False,
+                 overlap: float | None = None, window_batch: int = 2, model_dir: str | None = None, info=None):
         from medseg.inference.sliding_window import gaussian_importance
 
         if not isinstance(runtime, Runtime):
@@ -241,29 +284,34 @@ class Predictor:
         overlap = plans.inference.overlap if overlap is None else float(overlap)
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), not {overlap}")
-        param = next(iter(net.parameters()), None)
-        if param is not None and param.device != runtime.device:
-            raise ValueError(f"the network's parameters are on {param.device}, the runtime's device is "
-                             f"{runtime.device}: move the network there first")
-        self.net = net
+        nets = list(nets)
+        if not nets:
+            raise ValueError("at least one network is needed")
+        for net in nets:
+            param = next(iter(net.parameters()), None)
+            if param is not None and param.device != runtime.device:
+                raise ValueError(f"the network's parameters are on {param.device}, the runtime's device is "
+                                 f"{runtime.device}: move the network there first")
+        self.nets = nets
         self.plans = plans
         self.runtime = runtime
         self.tta = bool(tta)
         self.overlap = overlap
         self.window_batch = int(window_batch)
         self.model_dir = model_dir
+        self._info = info
         self.n_classes = plans.model.out_channels
         self.window = self._window_shape(plans)
         self._importance = gaussian_importance(self.window)
         self._importance_t = None  # on the device, made on first use
         from medseg.inference.backends import torch_forward
 
-        self.forward = torch_forward(net, runtime)
+        self.forwards = [torch_forward(net, runtime) for net in nets]
 
     def use_backend(self, backend: str = "auto", precision: str = "f32", *,
                     calibration: Sequence[Sequence[str | Path]] = ()):
-        """Run the windows on ``backend`` at ``precision`` from now on (see
-        :func:`medseg.inference.backends.compile_network`; conversions are cached).
+        """Run the windows on ``backend`` at ``precision`` from now on, one compiled network per
+        fold (see :func:`medseg.inference.backends.compile_network`; conversions are cached).
 
         Args:
             backend: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``.
@@ -272,23 +320,29 @@ class Predictor:
                 preprocessed as the model's input, calibrate the quantisation.
 
         Returns:
-            the :class:`~medseg.inference.backends.Forward` now in use (also :attr:`forward`).
+            the :class:`~medseg.inference.backends.Forward` of each network, now in use (also
+            :attr:`forwards`).
         """
         from medseg.inference.backends import compile_networks
 
         slice_dim = 2 + int(self.plans.inference.slice_axis) if self.is_2d else None
         net_window = tuple(w for d, w in enumerate(self.window) if d + 2 != slice_dim)
-        (self.forward,) = compile_networks(
-            [self.net], input_shape=(self.window_batch, self.plans.model.in_channels) + net_window,
+        self.forwards = compile_networks(
+            self.nets, input_shape=(self.window_batch, self.plans.model.in_channels) + net_window,
             runtime=self.runtime, backend=backend, precision=precision, calibration=calibration,
             preprocess=lambda vols: preprocess_case(vols, self.plans.preprocess).image, window=self.window,
             squeeze_dim=slice_dim)
-        return self.forward
+        return self.forwards
 
     @property
     def backend(self) -> str:
-        """What runs the windows, e.g. ``"openvino bf16"`` (:meth:`Forward.describe`)."""
-        return self.forward.describe()
+        """What runs the windows, e.g. ``"openvino bf16"`` (:meth:`Forward.describe`; each fold's
+        when they differ)."""
+        shown = [f.describe() for f in self.forwards]
+        if len(set(shown)) == 1:
+            return shown[0]
+        folds = self.info.folds or range(len(shown))
+        return "; ".join(f"fold {k}: {d}" for k, d in zip(folds, shown))
 
     @staticmethod
     def _window_shape(plans: ModelPlans) -> tuple[int, int, int]:
@@ -345,13 +399,16 @@ class Predictor:
                               overlap=overlap, window_batch=window_batch, num_threads=num_threads)
 
     @classmethod
-    def load_own_model(cls, model_dir: str | Path, *, device: str = "auto", autocast: str = "none",
-                       tta: bool = False, overlap: float | None = None, window_batch: int = 2,
-                       num_threads: int | None = None) -> "Predictor":
-        """Load a medseg ``MODEL_DIR`` (``plans.json`` + ``model.pt``) once.
+    def load_own_model(cls, model_dir: str | Path, *, folds: Sequence[int] | None = None, device: str = "auto",
+                       autocast: str = "none", tta: bool = False, overlap: float | None = None,
+                       window_batch: int = 2, num_threads: int | None = None) -> "Predictor":
+        """Load a medseg ``MODEL_DIR`` (``plans.json`` + ``model.pt``), or a folder of fold model
+        directories (``fold_K/``, :func:`medseg.inference.own_model.read_model_folder`), once.
 
         Args:
-            model_dir: a model directory (see :mod:`medseg.plans`).
+            model_dir: a model directory or a fold folder (see :mod:`medseg.plans`).
+            folds: the folds of a fold folder to run and average (default: every trained fold);
+                refused for a plain model directory.
             device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
             autocast: ``"none"`` (float32), ``"bf16"`` (CPU or CUDA), ``"fp16"`` (CUDA only) or
                 ``"auto"`` (bf16 on CUDA, none on the CPU).
@@ -365,10 +422,11 @@ class Predictor:
 
         Raises:
             InputError: not a model directory, unreadable weights, weights that do not fit the
-                architecture in ``plans.json``.
+                architecture in ``plans.json``, folds that are not trained or whose plans differ.
             DeviceError: a misspelt device, or CUDA asked for and absent.
             ValueError: an autocast mode impossible on the device (fp16 on the CPU), bad threads.
         """
+        from medseg.inference.own_model import info_from_plans, read_model_folder
         from medseg.runtime import resolve_runtime
 
         runtime = resolve_runtime(device, autocast, num_threads)  # fail before the load
@@ -376,38 +434,11 @@ class Predictor:
         if not model_dir.is_dir():
             raise InputError(model_dir, "model directory does not exist" if not model_dir.exists()
                              else "is not a folder (expected a model directory with plans.json and model.pt)")
-        plans = load_plans(model_dir)
-        weights = model_dir / WEIGHTS_FILE
-        if not weights.is_file():
-            raise InputError(model_dir, f"not a complete model directory (no {WEIGHTS_FILE})")
-        import torch
-
-        from medseg.models import create_model
-
-        spec = plans.model
-        try:
-            net = create_model(spec.name, spatial_dims=spec.spatial_dims, in_channels=spec.in_channels,
-                               out_channels=spec.out_channels, **spec.options)
-        except (ValueError, TypeError) as exc:
-            raise InputError(model_dir / PLANS_FILE, f"cannot build the model: {exc}") from None
-        try:
-            with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
-                warnings.simplefilter("ignore")
-                state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt zip, truncated file, a pickle with code (refused by weights_only)
-            raise InputError(weights, _unreadable_weights(weights, exc)) from None
-        if not isinstance(state, dict):
-            raise InputError(weights, f"holds a {type(state).__name__}, expected a state_dict")
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:  # load_state_dict reports mismatched keys/shapes this way
-            first = str(exc).splitlines()
-            raise InputError(weights, "weights do not fit the architecture in plans.json "
-                             f"({' '.join(line.strip() for line in first[:2])[:300]})") from None
-        net.eval()
-        net.to(runtime.device)
-        return cls(net, plans, runtime=runtime, tta=tta, overlap=overlap, window_batch=window_batch,
-                   model_dir=str(model_dir))
+        folder = read_model_folder(model_dir, folds)
+        nets = [_load_network(d, folder.plans, runtime) for d in folder.model_dirs]
+        info = info_from_plans(folder.plans, model_dir, folds=folder.folds, largest_component=folder.largest_component)
+        return cls(nets, folder.plans, runtime=runtime, tta=tta, overlap=overlap, window_batch=window_batch,
+                   model_dir=str(model_dir), info=info)
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -416,9 +447,11 @@ class Predictor:
     @property
     def info(self):
         """The model's :class:`~medseg.inference.kinds.ModelInfo`."""
-        from medseg.inference.own_model import info_from_plans
+        if self._info is None:
+            from medseg.inference.own_model import info_from_plans
 
-        return info_from_plans(self.plans, self.model_dir)
+            self._info = info_from_plans(self.plans, self.model_dir)
+        return self._info
 
     @property
     def is_2d(self) -> bool:
@@ -427,8 +460,9 @@ class Predictor:
     # ---- windows -------------------------------------------------------------------------
 
     def window_scores(self, batch: np.ndarray, *, tta: bool | None = None) -> np.ndarray:
-        """Network on a batch of windows: ``(B, C, px, py, pz)`` → softmax ``(B, K, px, py, pz)``
-        float32 multiplied by the Gaussian window weights (computed on the device)."""
+        """Networks on a batch of windows: ``(B, C, px, py, pz)`` → softmax ``(B, K, px, py, pz)``
+        float32 (the mean over the networks and the mirror passes) multiplied by the Gaussian
+        window weights (computed on the device)."""
         with self.runtime.activate():
             return self._window_scores(batch, self.tta if tta is None else tta)
 
@@ -449,7 +483,12 @@ class Predictor:
 
         with torch.inference_mode():
             flips = flip_sets(range(2, 2 + self.plans.model.spatial_dims), tta)
-            total = mirrored_mean(self.forward, x, flips, lambda logits: torch.softmax(logits, dim=1))
+            total = None
+            for forward in self.forwards:  # the fold ensemble's mean softmax, one fold at a time
+                probs = mirrored_mean(forward, x, flips, lambda logits: torch.softmax(logits, dim=1))
+                total = probs if total is None else total.add_(probs)
+            if len(self.forwards) > 1:
+                total.div_(len(self.forwards))
             if slice_dim is not None:
                 total = total.unsqueeze(slice_dim)
             total.mul_(self._importance_t)

@@ -101,7 +101,8 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
         predictor_or_model_dir: a loaded predictor of any model kind (several studies: load once;
             see :mod:`medseg.inference.kinds`) or a model folder.
         output_path: the label map (uint8; NIfTI keeps the input's header codes).
-        options: CRF, components and TTA (:class:`StudyOptions`; default: none of them).
+        options: CRF, components and TTA (:class:`StudyOptions`; default: none of them, and the
+            model folder's own post-processing, :meth:`StudyOptions.for_model`).
         volumes_path: also write a volume report (``.json``, ``.csv`` or ``.html``) there.
         probabilities_path: also write the softmax probabilities, 4D NIfTI ``(X, Y, Z, C)`` on
             the input grid (after the CRF when it ran).
@@ -127,7 +128,6 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
     outputs = check_output_paths(paths, {"-o": output_path, "--probabilities": probabilities_path,
                                          "--volumes": volumes_path, "--dicom-seg": dicom_seg_path,
                                          "--rtstruct": rtstruct_path, "--preview": preview_path})
-    options = options or StudyOptions()
     t0 = time.perf_counter()
     say(f"reading {', '.join(map(str, paths))}")
     images = read_channels(paths, series_uid=series_uid, resample_tilt=resample_tilt)
@@ -141,6 +141,8 @@ def segment_file(inputs: str | Path | Sequence[str | Path], predictor_or_model_d
         predictor = Predictor.from_model_dir(predictor_or_model_dir)
     else:
         predictor = predictor_or_model_dir
+    if options is None:
+        options = StudyOptions.for_model(predictor.info)
     image = images[0]
     steps = {"crf": "refining with the dense CRF", "components": "cleaning connected components",
              "volumes": "measuring volumes",

@@ -549,7 +549,7 @@ def _train(config: TrainConfig, manifest: Path, out_dir: Path, resume: bool, run
     if state is not None:
         model.load_state_dict(state["model"])
     # validation runs what model.pt will hold: the plain network (a CRF-as-RNN layer stays out of it)
-    predictor = Predictor(model.net if config.crf_rnn is not None else model, plans, runtime=runtime,
+    predictor = Predictor([model.net if config.crf_rnn is not None else model], plans, runtime=runtime,
                           window_batch=config.validation.sw_batch_size)
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(dev)
     sampler = PatchSampler(train_cases, config.patch_size, spatial_dims=config.model.spatial_dims,

@@ -108,14 +108,14 @@ def test_the_second_load_reads_the_cache_and_a_truncated_entry_is_rebuilt(phanto
         n0 = conversions()
         first = Predictor.from_model_dir(model, device="cpu", backend="openvino", num_threads=1)
         assert conversions() == n0 + 1
-        entry = first.forward.cache_entry
+        entry = first.forwards[0].cache_entry
         assert entry is not None and entry.parent.parent == cache and (entry / "model.onnx").is_file()
         mtime = (entry / "model.onnx").stat().st_mtime_ns
         labels = first.predict(image).labels.array
 
         second = Predictor.from_model_dir(model, device="cpu", backend="onnxruntime", num_threads=1)
         assert conversions() == n0 + 1  # the same ONNX entry serves OpenVINO and ONNX Runtime
-        assert second.forward.cache_entry == entry and (entry / "model.onnx").stat().st_mtime_ns == mtime
+        assert second.forwards[0].cache_entry == entry and (entry / "model.onnx").stat().st_mtime_ns == mtime
 
         data = (entry / "model.onnx").read_bytes()
         (entry / "model.onnx").write_bytes(data[: len(data) // 2])  # truncated
@@ -173,19 +173,19 @@ def test_a_network_that_does_not_convert_runs_on_torch_with_a_note(phantom_predi
     from medseg.inference import Predictor
 
     p = phantom_predictor
-    odd = _LogGamma.wrap(p.net)
+    odd = _LogGamma.wrap(p.nets[0])
     x = torch.zeros((1, 1) + tuple(p.window))
     with pytest.raises(torch.onnx.errors.UnsupportedOperatorError), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it really does not convert
         torch.onnx.export(odd, (x,), io.BytesIO(), dynamo=False, opset_version=17)
     image = read_volume(phantom_archive / "images" / "phantom_003.nii.gz")
-    plain = Predictor(p.net, p.plans, runtime=p.runtime)
+    plain = Predictor(p.nets, p.plans, runtime=p.runtime)
     expected = plain.predict(image).labels.array
     for backend in ("auto", "openvino", "onnxruntime"):
-        predictor = Predictor(odd, p.plans, runtime=p.runtime)
+        predictor = Predictor([odd], p.plans, runtime=p.runtime)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="medseg.inference"):
-            forward = predictor.use_backend(backend)
+            (forward,) = predictor.use_backend(backend)
         assert forward.backend == "torch" and "could not convert the network" in forward.note
         assert len(caplog.records) == 1 and "running torch" in caplog.records[0].getMessage()
         np.testing.assert_array_equal(predictor.predict(image).labels.array, expected)

@@ -156,7 +156,7 @@ def test_bf16_agrees_with_fp32(phantom_model, phantom_archive):
     image = read_volume(phantom_archive / "images" / "phantom_003.nii.gz")
     fp32 = Predictor.from_model_dir(phantom_model, device="cpu").predict(image).labels.array
     bf16_predictor = Predictor.from_model_dir(phantom_model, device="cpu", autocast="bf16")
-    assert not bf16_predictor.net.training  # eval mode set at load
+    assert not bf16_predictor.nets[0].training  # eval mode set at load
     assert bf16_predictor.runtime.autocast_mode == "bf16" and bf16_predictor.device.type == "cpu"
     bf16 = bf16_predictor.predict(image).labels.array
     assert (fp32 == bf16).mean() >= 0.98
@@ -192,8 +192,8 @@ def test_threads_are_the_runtimes_inside_predict_and_the_callers_outside(phantom
         predictor = Predictor.from_model_dir(phantom_model, device="cpu", num_threads=1, backend="torch")
         assert torch.get_num_threads() == 3  # loading sets nothing process-wide
         plain = predictor.predict(image).labels.array
-        recorder = _thread_recorder(predictor.net)
-        predictor.net = recorder
+        recorder = _thread_recorder(predictor.nets[0])
+        predictor.nets = [recorder]
         predictor.use_backend("torch")
         pred = predictor.predict(image, keep_probabilities=True)
         assert recorder.seen and set(recorder.seen) == {1}
@@ -213,8 +213,8 @@ def test_predictor_checks_its_runtime_and_network(phantom_predictor):
 
     p = phantom_predictor
     with pytest.raises(TypeError, match="medseg.runtime.Runtime"):
-        Predictor(p.net, p.plans, runtime="cpu")
-    built = Predictor(p.net, p.plans, runtime=resolve_runtime("cpu", threads=1))
+        Predictor(p.nets, p.plans, runtime="cpu")
+    built = Predictor(p.nets, p.plans, runtime=resolve_runtime("cpu", threads=1))
     assert built.device.type == "cpu" and built.window == p.window
 
 
