@@ -73,7 +73,7 @@ def read_model_folder(path: str | Path, folds: Sequence[int] | None = None) -> M
             directory, a fold asked for that is not trained, no trained fold, folds whose plans
             differ (naming the fold and the first differing key), an invalid ``postprocessing.json``.
     """
-    from medseg.plans import PLANS_FILE, WEIGHTS_FILE, fold_dirs, load_plans, read_postprocessing
+    from medseg.plans import FOLD_PREFIX, PLANS_FILE, WEIGHTS_FILE, fold_dirs, load_plans, read_postprocessing
 
     path = Path(path)
     found = {} if (path / PLANS_FILE).is_file() or (path / WEIGHTS_FILE).is_file() else fold_dirs(path)
@@ -92,7 +92,7 @@ def read_model_folder(path: str | Path, folds: Sequence[int] | None = None) -> M
         for k in folds:
             k = int(k)
             if k not in trained:
-                fold = path / f"fold_{k}"
+                fold = path / f"{FOLD_PREFIX}{k}"
                 missing = next((f for f in (WEIGHTS_FILE, PLANS_FILE) if not (fold / f).is_file()), WEIGHTS_FILE)
                 raise InputError(fold / missing, "not found (--folds names a fold that is not trained)")
             chosen[k] = trained[k]

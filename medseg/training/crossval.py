@@ -29,12 +29,12 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
+from medseg.plans import POSTPROCESSING_FILE
 from medseg.training.config import TrainConfig
 
-__all__ = ["CV_SUMMARY_FILE", "POSTPROCESSING_FILE", "determine_postprocessing", "evaluate_cross_validation"]
+__all__ = ["CV_SUMMARY_FILE", "determine_postprocessing", "evaluate_cross_validation"]
 
 CV_SUMMARY_FILE = "cv_summary.json"
-POSTPROCESSING_FILE = "postprocessing.json"
 
 
 def _nanmean(values: Iterable[float]) -> float:

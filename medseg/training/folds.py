@@ -34,7 +34,7 @@ import numpy as np
 
 from medseg.errors import InputError, read_text_input
 from medseg.io.atomic import atomic_write_text
-from medseg.plans import PLANS_FILE, WEIGHTS_FILE
+from medseg.plans import FOLD_PREFIX, PLANS_FILE, WEIGHTS_FILE
 from medseg.training.config import TrainConfig
 from medseg.training.data import CaseSplit, labelled_rows, resolve_manifest
 
@@ -168,7 +168,7 @@ def fold_splits(config: TrainConfig, manifest: str | Path, model_dir: str | Path
 
 def fold_dir(model_dir: str | Path, fold: int) -> Path:
     """``MODEL_DIR/fold_K``: the model directory of fold ``K``."""
-    return Path(model_dir) / f"fold_{int(fold)}"
+    return Path(model_dir) / f"{FOLD_PREFIX}{int(fold)}"
 
 
 def validation_map(model_dir: str | Path, fold: int, case_id: str) -> Path:
