@@ -295,7 +295,7 @@ def _measure_speed(config: TrainConfig, model, loss_fn, sampler, runtime: Runtim
             seconds.append(time.perf_counter() - t0)
         val_s = 0.0
         if val_cases:
-            predictor = Predictor(probe.net if config.crf_rnn is not None else probe, plans, runtime=runtime,
+            predictor = Predictor([probe.net if config.crf_rnn is not None else probe], plans, runtime=runtime,
                                   window_batch=config.validation.sw_batch_size)
             t0 = time.perf_counter()
             _validate(probe, predictor, val_cases[:1], config)
