@@ -92,6 +92,9 @@ MIN_PATCH_SIDE = 16  # a time budget never shrinks a patch axis below this (or t
 TRAIN_TIME_FRACTION = 0.85  # of --minutes spent on training steps (the rest: loading, validation)
 VALIDATION_TIME_FRACTION = 0.1  # validation passes are spaced to take at most this share of the run
 TINY_CLASS_FRACTION = 1e-3
+LOWRES_COVERAGE = 0.25  # nnU-Net's lowres_creation_threshold: a patch under this share of the median case
+LOWRES_STEP = 1.03  # nnU-Net's spacing_increase_factor for its 3d_lowres spacing
+LOWRES_MAX_FACTOR = 4.0  # medseg: never coarser than this times the fullres spacing
 WIDTHS = {"cuda": (32, 320), "cpu": (16, 256)}  # first width, largest width
 LONG_RUN = (1000, 250)  # nnU-Net: epochs, steps per epoch
 SHORT_RUN = (100, 50)
@@ -484,6 +487,41 @@ def _size_run(fp: Fingerprint, budget: PlanBudget, target: np.ndarray, median_sh
                 steps_per_epoch=spe, long_run=long_run, step_target=step_target, step_seconds=step_seconds)
 
 
+def _lowres(fp: Fingerprint, budget: PlanBudget, target: np.ndarray, median_shape: np.ndarray, run: _Run,
+            reason: str) -> tuple[np.ndarray, np.ndarray, _Run, str]:
+    """nnU-Net's 3d_lowres spacing for a short run whose patch sees under :data:`LOWRES_COVERAGE`
+    of the median case at the fullres spacing: the spacing grows by :data:`LOWRES_STEP` (only the
+    axes over 2x finer than the coarsest, while there are such) and the run is sized again, until
+    the patch covers that share (or the spacing is :data:`LOWRES_MAX_FACTOR` times the fullres one).
+
+    nnU-Net plans this as the first stage of a cascade; medseg has no cascade, so on a CPU or a
+    time budget the lowres model is the model: a patch that sees a quarter of the case learns more
+    in a few thousand steps than one that sees a few percent of it at full resolution.
+    """
+    fullres, full_shape, full_run = target, median_shape, run
+
+    def coverage(r: _Run, shape: np.ndarray) -> float:
+        return float(np.prod(r.topo.patch, dtype=np.float64) / np.prod(shape, dtype=np.float64))
+
+    start = coverage(run, median_shape)
+    spacing = fullres.astype(np.float64).copy()
+    while coverage(run, median_shape) < LOWRES_COVERAGE:
+        finer = spacing.max() / spacing > 2
+        spacing = np.where(finer, spacing * LOWRES_STEP, spacing) if finer.any() else spacing * LOWRES_STEP
+        if np.any(spacing > fullres * LOWRES_MAX_FACTOR):
+            break
+        median_shape = np.maximum(np.round(fullres / spacing * full_shape), 1.0)
+        run = _size_run(fp, budget, spacing, median_shape)
+        target = spacing
+    if target is fullres:
+        return fullres, full_shape, full_run, reason
+    return (target, median_shape, run,
+            f"{reason}: {', '.join(f'{t:.3g}' for t in fullres)}, where this run's patch would see only "
+            f"{start:.0%} of the median case; coarsened as nnU-Net plans its 3d_lowres configuration (x{LOWRES_STEP} "
+            f"steps, the finest axes first) until the patch sees {coverage(run, median_shape):.0%} of it (medseg has no "
+            "cascade: on a CPU or a time budget, the lowres model is the model)")
+
+
 def _model_entries(run: _Run, device: str) -> list[Entry]:
     topo = run.topo
     strides = [s[0] if len(set(s)) == 1 else list(s) for s in topo.strides]
@@ -693,6 +731,8 @@ def plan_training(fingerprint: Fingerprint, budget: PlanBudget, *, manifest: str
     device = budget.device
     target, median_shape, spacing_reason = _target_spacing(fp)
     run = _size_run(fp, budget, target, median_shape)
+    if not run.long_run:
+        target, median_shape, run, spacing_reason = _lowres(fp, budget, target, median_shape, run, spacing_reason)
     entries = [
         Entry("model", _model_entries(run, device)),
         Entry("loss", _loss_entries(fp)),

@@ -247,3 +247,22 @@ def test_every_decision_has_a_reason_and_the_yaml_loads_back(tmp_path):
     loaded = load_train_config(path)
     assert loaded.max_minutes == 30.0 and loaded.cross_validation.folds == 5
     assert loaded.data.manifest == (tmp_path / "dataset.csv").resolve()
+
+
+def test_a_short_run_whose_patch_sees_little_of_the_case_gets_nnunets_lowres_spacing():
+    """On a CPU budget, a fullres patch would see a few percent of a 240x240x155 brain: the spacing
+    is coarsened as nnU-Net's 3d_lowres (finest axes first) until the patch sees a quarter of the
+    median case; a GPU run, whose patch sees enough, keeps the median spacing."""
+    fp = synthetic_fingerprint(spacings=[(1.0, 1.0, 1.0)] * 4, shapes=[(240, 240, 155)] * 4, modality="MR")
+    plan, short = _plan(fp, PlanBudget("cpu", 8.0, 5.0))
+    spacing = short["data"]["preprocess"]["target_spacing"]
+    assert all(s > 1.5 for s in spacing) and len(set(spacing)) == 1
+    median = [240 / spacing[0], 240 / spacing[1], 155 / spacing[2]]
+    assert math.prod(short["patch_size"]) / math.prod(median) >= 0.25
+    assert "3d_lowres" in plan.to_yaml()
+    _, gpu = _plan(fp, CUDA)
+    assert gpu["data"]["preprocess"]["target_spacing"] == [1.0, 1.0, 1.0]
+    # 0.8 x 0.8 x 5 mm: the in-plane axes coarsen first, the thick axis stays until within 2x of them
+    _, aniso = _plan(_aniso(), PlanBudget("cpu", 8.0, 5.0))
+    r, a, s = aniso["data"]["preprocess"]["target_spacing"]
+    assert r == a > 0.8 and (s == pytest.approx(2.1) or s <= 2 * r)

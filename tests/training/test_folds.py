@@ -414,3 +414,27 @@ def test_a_budget_is_shared_by_the_folds_and_a_budget_ended_fold_is_finished(cv_
     data["summary"].update(stopped_by="stop_after_steps")
     log.write_text(json.dumps(data))
     assert not fold_finished(out / "fold_0", _cv_config())
+
+
+def test_the_folds_train_writes_segment_as_one_ensemble_with_its_postprocessing(cv_dir, phantom_manifest, tmp_path,
+                                                                                  cli):
+    """What ``medseg train --folds all`` writes is a model ``medseg segment`` reads: both folds
+    averaged, the post-processing chosen by the cross-validation applied, the input's grid kept."""
+    from medseg.inference.kinds import describe_model
+    from medseg.plans import read_postprocessing
+
+    info = describe_model(cv_dir)
+    assert info.kind == "medseg" and info.folds == (0, 1)
+    assert info.largest_component == read_postprocessing(cv_dir, info.labels)
+    study = read_manifest(phantom_manifest)[3]  # phantom_013, oblique LAS
+    out = tmp_path / "seg.nii.gz"
+    r = cli("segment", str(study.images[0]), "--model", str(cv_dir), "-o", str(out), "--device", "cpu",
+            "--backend", "torch")
+    assert r.returncode == 0, r.stderr
+    seg, image = read_label(out), read_volume(study.images[0])
+    assert seg.shape == image.shape
+    np.testing.assert_allclose(seg.affine, image.affine, atol=1e-6)
+    one = tmp_path / "fold0.nii.gz"
+    assert cli("segment", str(study.images[0]), "--model", str(cv_dir), "-o", str(one), "--device", "cpu",
+               "--backend", "torch", "--folds", "0").returncode == 0
+    assert not np.array_equal(read_label(one).array, seg.array)  # the ensemble is not fold 0 alone
