@@ -158,10 +158,15 @@ def run_dataset(name: str, minutes: float, device: str, env: dict, fresh: bool) 
     regions = {k: list(v) for k, v in (_read_yaml(dataset["config"])["data"].get("regions") or {}).items()}
 
     planned = work / "planned.yaml"
+    for old in (planned, work / "planned.fingerprint.json"):  # planned again each time (seconds)
+        old.unlink(missing_ok=True)
+    # the dataset's class names (a fact of the data, not a tuning): the hand-written config's
+    labels = work / "labels.json"
+    labels.write_text(json.dumps({str(k): v for k, v in _read_yaml(dataset["config"])["data"]["labels"].items()}))
     # plan --minutes is one training run's (one fold's) budget; the folds share the command's minutes
     per_fold = minutes / min(DEFAULT_FOLDS, n_cases)
     plan = _medseg(["plan", str(dataset["manifest"]), "-o", str(planned), "--minutes", f"{per_fold:g}",
-                    "--device", device], env, work / "plan.log")
+                    "--labels", str(labels), "--device", device], env, work / "plan.log")
     planned_folds = int((_read_yaml(planned).get("cross_validation") or {}).get("folds", DEFAULT_FOLDS))
     folds = min(planned_folds, n_cases)
     planned_config = planned if folds == planned_folds else _with_folds(planned, folds, work / "planned_folds.yaml")
