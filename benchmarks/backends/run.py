@@ -142,13 +142,8 @@ def demo_case() -> tuple[Path, Path, Path]:
 
 def wide_case(shape: tuple[int, int, int]) -> tuple[Path, Path, Path]:
     """A CT-sized phantom, a second one for calibration, and the wide U-Net (random weights)."""
-    import torch
-
     from medseg.io import write_volume
-    from medseg.models import create_model
     from medseg.phantoms import make_phantom
-    from medseg.plans import InferenceDefaults, ModelPlans, ModelSpec, save_plans
-    from medseg.preprocess import IntensityConfig, PreprocessConfig
 
     tag = "x".join(map(str, shape))
     image, calib = WORK / f"ct_{tag}.nii.gz", WORK / f"ct_{tag}_calibration.nii.gz"
@@ -157,17 +152,9 @@ def wide_case(shape: tuple[int, int, int]) -> tuple[Path, Path, Path]:
             write_volume(make_phantom(seed, shape=shape, spacing=(0.8, 0.8, 1.5), n_tumours=3).image, path)
     model = WORK / "wide_unet"
     if not (model / "model.pt").is_file():
-        options = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}
-        torch.manual_seed(0)
-        net = create_model("unet", 3, 1, 20, **options)
-        model.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), model / "model.pt")
-        save_plans(ModelPlans(model=ModelSpec(name="unet", spatial_dims=3, in_channels=1, out_channels=20,
-                                              options=options),
-                              preprocess=PreprocessConfig(target_spacing=(1.5, 1.5, 1.5),
-                                                          intensity=[IntensityConfig(kind="ct", window=(-200, 300))]),
-                              inference=InferenceDefaults(patch_size=(96, 96, 96), overlap=0.25),
-                              labels={i: f"class_{i}" for i in range(1, 20)}), model)
+        from benchmarks.inference.run import write_random_unet
+
+        write_random_unet(model, channels=[16, 32, 64, 128, 256], strides=[2, 2, 2, 2])
     return image, model, calib
 
 

@@ -157,13 +157,8 @@ def phantom_model() -> tuple[Path, Path]:
 
 def large_case() -> tuple[Path, Path]:
     """A 512×512×300 CT (int16) and a 1-in 20-class U-Net with random weights."""
-    import torch
-
     from medseg.io import write_volume
-    from medseg.models import create_model
     from medseg.phantoms import make_phantom
-    from medseg.plans import InferenceDefaults, ModelPlans, ModelSpec, save_plans
-    from medseg.preprocess import IntensityConfig, PreprocessConfig
 
     image = WORK / "large_ct_512x512x300.nii.gz"
     if not image.exists():
@@ -179,18 +174,29 @@ def large_case() -> tuple[Path, Path]:
     except InputError:
         cached = False
     if not cached:
-        options = {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 2}
-        torch.manual_seed(0)
-        net = create_model("unet", 3, 1, 20, **options)
-        model.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), model / "model.pt")
-        save_plans(ModelPlans(model=ModelSpec(name="unet", spatial_dims=3, in_channels=1, out_channels=20,
-                                              options=options),
-                              preprocess=PreprocessConfig(target_spacing=(1.5, 1.5, 1.5),
-                                                          intensity=[IntensityConfig(kind="ct", window=(-200, 300))]),
-                              inference=InferenceDefaults(patch_size=(96, 96, 96), overlap=0.25),
-                              labels={i: f"class_{i}" for i in range(1, 20)}), model)
+        write_random_unet(model, channels=[8, 16, 32, 64], strides=[2, 2, 2])
     return image, model
+
+
+def write_random_unet(model: Path, *, channels: list[int], strides: list[int]) -> None:
+    """A medseg model directory: a 1-in, 20-class 3D U-Net (2 residual units) with random weights
+    (seed 0), CT window -200..300 HU, 1.5 mm network grid, 96³ windows, overlap 0.25."""
+    import torch
+
+    from medseg.models import create_model
+    from medseg.plans import InferenceDefaults, ModelPlans, ModelSpec, save_plans
+    from medseg.preprocess import IntensityConfig, PreprocessConfig
+
+    options = {"channels": list(channels), "strides": list(strides), "num_res_units": 2}
+    torch.manual_seed(0)
+    net = create_model("unet", 3, 1, 20, **options)
+    model.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), model / "model.pt")
+    save_plans(ModelPlans(model=ModelSpec(name="unet", spatial_dims=3, in_channels=1, out_channels=20, options=options),
+                          preprocess=PreprocessConfig(target_spacing=(1.5, 1.5, 1.5),
+                                                      intensity=[IntensityConfig(kind="ct", window=(-200, 300))]),
+                          inference=InferenceDefaults(patch_size=(96, 96, 96), overlap=0.25),
+                          labels={i: f"class_{i}" for i in range(1, 20)}), model)
 
 
 def save(results: dict, **extra) -> None:
