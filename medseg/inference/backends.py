@@ -18,8 +18,9 @@ Backends (``backend``):
   AMX), ``int8`` is NNCF post-training quantisation calibrated on windows of studies.
 - ``onnxruntime``: the same ONNX model on ONNX Runtime's CPU provider (``f32`` only).
 - ``auto``: torch on a CUDA device (or when a torch autocast is asked for), else OpenVINO when it
-  is installed and the network converts, else torch. A network that does not convert runs on
-  torch, with a one-line warning (the ``medseg.inference`` logger), never an error.
+  is installed and the network converts, else torch. A network that does not convert, or whose
+  converted form fails on the first window of a shape, runs on torch from then on, with a one-line warning
+  (the ``medseg.inference`` logger), never an error.
 
 Conversions are cached under :func:`cache_dir` (``MEDSEG_CACHE_DIR``, default
 ``$XDG_CACHE_HOME/medseg`` or ``~/.cache/medseg``), never beside the model::
@@ -241,12 +242,47 @@ def compile_network(net, *, input_shape: Sequence[int], runtime, backend: str = 
     except MedsegError:
         raise
     except Exception as exc:  # any failure to export, read or compile: the network runs on torch
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        _LOG.debug("conversion to %s failed", backend, exc_info=True)
-        note = f"{backend} could not convert the network ({type(exc).__name__}: {first}): running torch"
-        _LOG.warning(note)
-        fallback = precision if precision == "bf16" else "f32"
-        return torch_forward(net, runtime, fallback, note=note)
+        return _torch_instead(net, runtime, precision, backend, "could not convert the network", exc)
+
+
+def _torch_instead(net, runtime, precision: str, backend: str, what: str, exc: Exception) -> Forward:
+    """The torch forward that replaces a converted network that failed, with a one-line warning."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    _LOG.debug("%s: %s failed", backend, what, exc_info=True)
+    note = f"{backend} {what} ({type(exc).__name__}: {first}): running torch"
+    _LOG.warning(note)
+    return torch_forward(net, runtime, precision if precision == "bf16" else "f32", note=note)
+
+
+def _checked_on_first_call(forward: Forward, net, runtime) -> Forward:
+    """``forward`` whose first call with each input shape falls back to torch when the converted
+    network fails to run: a conversion problem that shows only on real input (a batch size the
+    export did not trace). No extra window is run to test the compiled network: the first window
+    of each shape is the test. On a fall-back the ``Forward`` becomes the torch one (backend,
+    precision, note, run) and stays so."""
+    compiled = forward.run
+    shapes: set[tuple[int, ...]] = set()
+
+    def run(x):
+        shape = tuple(x.shape)
+        if shape in shapes:
+            return compiled(x)
+        try:
+            out = compiled(x)
+        except MedsegError:
+            raise
+        except Exception as exc:
+            torch_ = _torch_instead(net, runtime, forward.precision, forward.backend,
+                                    f"could not run the network on a {'x'.join(map(str, shape))} input", exc)
+            forward.backend, forward.precision, forward.note, forward.run = (torch_.backend, torch_.precision,
+                                                                             torch_.note, torch_.run)
+            forward.cache_entry = None
+            return torch_.run(x)
+        shapes.add(shape)
+        return out
+
+    forward.run = run
+    return forward
 
 
 def _weights_hash(net) -> str:
@@ -357,15 +393,14 @@ def _onnxruntime_forward(net, shape, runtime, folder: Path) -> Forward:
     options = ort.SessionOptions()
     options.intra_op_num_threads = runtime.threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures reach medseg as exceptions, said in one line there
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def run(x):
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(session.run(None, {"x": arr})[0])
 
-    run(torch.zeros((1,) + shape[1:]))  # a compile problem shows now, not mid-study
-    return Forward("onnxruntime", "f32", run, cache_entry=entry)
+    return _checked_on_first_call(Forward("onnxruntime", "f32", run, cache_entry=entry), net, runtime)
 
 
 def _openvino_forward(net, shape, runtime, folder: Path, precision: str,
@@ -399,8 +434,7 @@ def _openvino_forward(net, shape, runtime, folder: Path, precision: str,
             out = np.array(request.get_output_tensor(0).data, copy=True)
         return torch.from_numpy(out)
 
-    run(torch.zeros((1,) + shape[1:]))
-    return Forward("openvino", precision, run, note=note, cache_entry=entry)
+    return _checked_on_first_call(Forward("openvino", precision, run, note=note, cache_entry=entry), net, runtime)
 
 
 def _int8_model(core, onnx_data: bytes, shape, folder: Path, calibration, calibration_id: str | None):

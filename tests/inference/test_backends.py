@@ -1,5 +1,5 @@
 """Backends: the same labels from torch, OpenVINO (f32, bf16, int8) and ONNX Runtime; the
-conversion cache; the fall-back to torch for a network that does not convert; the CLI's flags."""
+conversion cache; the fall-back to torch for a network that does not convert or does not run; the CLI's flags."""
 
 from __future__ import annotations
 
@@ -189,6 +189,50 @@ def test_a_network_that_does_not_convert_runs_on_torch_with_a_note(phantom_predi
         assert forward.backend == "torch" and "could not convert the network" in forward.note
         assert len(caplog.records) == 1 and "running torch" in caplog.records[0].getMessage()
         np.testing.assert_array_equal(predictor.predict(image).labels.array, expected)
+
+
+class _BakedBatch:
+    """A network whose ONNX export bakes the traced batch size into a reshape: it converts, and
+    fails to run on any other batch size (torch runs it on every batch size)."""
+
+    @staticmethod
+    def make():
+        import torch
+
+        class BakedBatch(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+
+            def forward(self, x):
+                n = int(x.shape[0])  # a Python number: a constant in the trace
+                y = self.conv(x)
+                return y.reshape(n, -1).reshape((n,) + tuple(y.shape[1:]))
+
+        torch.manual_seed(0)
+        return BakedBatch().eval()
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_a_converted_network_that_fails_on_a_new_batch_size_runs_on_torch_with_a_note(backend, cache, caplog):
+    import torch
+
+    from medseg.inference.backends import compile_network
+    from medseg.runtime import resolve_runtime
+
+    net = _BakedBatch.make()
+    forward = compile_network(net, input_shape=(2, 1, 8, 8, 8), runtime=resolve_runtime("cpu"), backend=backend)
+    x = torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net(x)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medseg.inference"):
+            torch.testing.assert_close(forward(x), expected, rtol=1e-4, atol=1e-5)  # the traced batch runs converted
+            assert forward.backend == backend and not caplog.records
+            torch.testing.assert_close(forward(x[:1]), expected[:1], rtol=1e-4, atol=1e-5)  # batch 1: torch takes over
+            torch.testing.assert_close(forward(x), expected, rtol=1e-4, atol=1e-5)
+    assert forward.backend == "torch" and forward.note.startswith(f"{backend} could not run the network on a 1x1x8x8x8 input")
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().endswith("running torch")
 
 
 # ---------------------------------------------------------------------------------- command line
