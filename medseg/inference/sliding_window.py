@@ -76,13 +76,22 @@ def nnunet_window_starts(size: int, patch: int, step_size: float) -> list[int]:
 
 def nnunet_gaussian(patch_size: Sequence[int]) -> np.ndarray:
     """nnU-Net's window weights (``compute_gaussian`` with σ = patch/8 and peak 10, rounded to
-    float16 as nnU-Net keeps them, zeros replaced by the smallest weight), float32."""
-    from scipy.ndimage import gaussian_filter
+    float16 as nnU-Net keeps them, zeros replaced by the smallest weight), float32.
+
+    nnU-Net filters a centred impulse with ``scipy.ndimage.gaussian_filter``; that filter runs
+    axis after axis, so its result is the outer product of the three 1D filtered impulses,
+    multiplied in the same order. It is computed so here (bit-identical, ~10× faster at 96×160×160).
+    """
+    from scipy.ndimage import gaussian_filter1d
 
     patch = tuple(int(p) for p in patch_size)
-    tmp = np.zeros(patch)
-    tmp[tuple(p // 2 for p in patch)] = 1
-    g = gaussian_filter(tmp, [p / 8.0 for p in patch], 0, mode="constant", cval=0)
+    g = np.ones((1,) * len(patch))
+    for axis, p in enumerate(patch):
+        impulse = np.zeros(p)
+        impulse[p // 2] = 1
+        shape = [1] * len(patch)
+        shape[axis] = p
+        g = g * gaussian_filter1d(impulse, p / 8.0, 0, mode="constant", cval=0).reshape(shape)
     g = (g / (np.max(g) / 10.0)).astype(np.float16)
     g[g == 0] = np.min(g[g != 0])
     return g.astype(np.float32)
@@ -193,9 +202,10 @@ def iter_probability_slabs(image: np.ndarray, window_fn: WindowFunction, n_class
             yield s0 - z_lo_valid, mean.astype(np.float32) if half else mean
         n = nxt - lo
         carried = max(0, group[-1] + pz - nxt)  # Z slices [nxt, end of this group) already summed
-        for j in range(carried):  # front to back: a slice never overwrites one still to be moved
-            acc[..., j] = acc[..., n + j]
-            wsum[..., j] = wsum[..., n + j]
+        for j in range(0, carried, n):  # n slices at a time, front to back: never onto one still to be moved
+            k = min(n, carried - j)
+            acc[..., j:j + k] = acc[..., n + j:n + j + k]
+            wsum[..., j:j + k] = wsum[..., n + j:n + j + k]
         acc[..., carried:] = 0.0
         wsum[..., carried:] = 0.0
         lo = nxt

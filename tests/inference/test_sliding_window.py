@@ -135,3 +135,19 @@ def test_nnunet_window_starts_and_gaussian():
     g = nnunet_gaussian((8, 12, 10))
     assert g.max() == 10.0 and g.min() > 0 and np.array_equal(g, g.astype(np.float16).astype(np.float32))
     assert g[4, 6, 5] == 10.0 and np.allclose(g, g[::-1, ::-1, ::-1][::-1, ::-1, ::-1])
+
+
+@pytest.mark.parametrize("patch", [(8, 12, 10), (96, 160, 160), (1, 192, 160), (7, 9, 5), (192, 160)])
+def test_nnunet_gaussian_is_bit_identical_to_nnunets_filtered_impulse(patch):
+    """nnU-Net's ``compute_gaussian``: ``gaussian_filter`` of a centred impulse, σ = patch/8,
+    scaled to a peak of 10, float16, zeros raised to the smallest weight."""
+    from scipy.ndimage import gaussian_filter
+
+    from medseg.inference.sliding_window import nnunet_gaussian
+
+    impulse = np.zeros(patch)
+    impulse[tuple(p // 2 for p in patch)] = 1
+    expected = gaussian_filter(impulse, [p / 8.0 for p in patch], 0, mode="constant", cval=0)
+    expected = (expected / (np.max(expected) / 10.0)).astype(np.float16)
+    expected[expected == 0] = np.min(expected[expected != 0])
+    np.testing.assert_array_equal(nnunet_gaussian(patch), expected.astype(np.float32))
