@@ -60,10 +60,11 @@ def crf(
     overrides = {} if iterations is None else {"iterations": iterations}
     cfg = CRFConfig.for_modality(mod, **overrides)
     stage(f"dense CRF ({mod}, {cfg.iterations} iterations, {probs.shape[3]} classes, {vol.shape})")
-    k = probs.shape[3]
     with runtime.activate():  # medseg.runtime.default_threads: 2 CPU threads, 1 on a busy machine
         refined = dense_crf(vol.array, np.moveaxis(probs, -1, 0), vol.spacing, cfg, device=runtime.device)
-    labels = refined.argmax(axis=0).astype(np.uint8 if k <= 256 else np.uint16)
+    from medseg.inference.resample import class_argmax
+
+    labels = class_argmax(refined)
     stage(f"writing {output}")
     header = vol.meta.get("nifti_header")
     write_volume(vol.with_array(labels), output)

@@ -239,7 +239,9 @@ class Prediction:
         if probabilities.ndim != 4 or tuple(probabilities.shape[1:]) != self.labels.shape:
             raise ValueError(f"probabilities must be (K, {', '.join(map(str, self.labels.shape))}), "
                              f"not {probabilities.shape}")
-        labels = probabilities.argmax(axis=0).astype(self.labels.array.dtype)
+        from medseg.inference.resample import class_argmax
+
+        labels = class_argmax(probabilities, out=np.empty(self.labels.shape, dtype=self.labels.array.dtype))
         return Prediction(labels=self.labels.with_array(labels), label_names=self.label_names, image=self.image,
                           timings=dict(self.timings), _input_grid_scores=probabilities, _runtime=self._runtime)
 
@@ -515,7 +517,7 @@ class Predictor:
             return self._predict(images, self.tta if tta is None else bool(tta), keep_probabilities)
 
     def _predict(self, images: Volume | Sequence[Volume], tta: bool, keep_probabilities: bool | None) -> Prediction:
-        from medseg.inference.resample import SlabResampler
+        from medseg.inference.resample import SlabResampler, class_argmax
         from medseg.inference.sliding_window import iter_probability_slabs
 
         vols = [images] if isinstance(images, Volume) else list(images)
@@ -555,7 +557,7 @@ class Predictor:
         for slab in _uncropped_slabs(network_slabs(), inverse, k):
             t1 = time.perf_counter()
             for oz, chunk in resampler.push(slab):
-                labels_oriented[..., oz:oz + chunk.shape[-1]] = chunk.argmax(axis=0)
+                class_argmax(chunk, out=labels_oriented[..., oz:oz + chunk.shape[-1]])
             t_invert += time.perf_counter() - t1
         if not resampler.done:
             raise RuntimeError("sliding window ended before every output slice was produced")

@@ -65,3 +65,22 @@ def test_all_linear_equals_trilinear_and_skimage_order_1():
     ours = _stream(data, out_shape, ("linear",) * 3)
     ref = np.stack([resize(c.astype(float), out_shape, 1, mode="edge", anti_aliasing=False) for c in data])
     assert np.abs(ours - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("k", [1, 2, 20, 300])
+def test_class_argmax_equals_numpys_argmax_ties_and_nans_included(k):
+    from medseg.inference.resample import class_argmax
+
+    rng = np.random.default_rng(k)
+    scores = np.round(rng.random((k, 9, 7, 5)) * 4).astype(np.float32) / 4  # many ties
+    scores[rng.integers(k), 2, 3, 1] = np.nan
+    scores[:, 4, 4, 4] = np.nan
+    expected = scores.argmax(axis=0)
+    got = class_argmax(scores)
+    assert got.dtype == (np.uint8 if k <= 256 else np.uint16)
+    np.testing.assert_array_equal(got, expected)
+    out = np.full((9, 7, 5), 77, dtype=np.uint16)
+    assert class_argmax(scores.astype(np.float16), out=out) is out
+    np.testing.assert_array_equal(out, scores.astype(np.float16).argmax(axis=0))
+    with pytest.raises(ValueError, match="out has shape"):
+        class_argmax(scores, out=np.empty((9, 7), dtype=np.uint8))

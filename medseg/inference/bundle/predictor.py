@@ -39,7 +39,7 @@ from medseg.inference.bundle.config import (
     SlidingWindow,
     Spacing,
 )
-from medseg.inference.resample import AxisMap
+from medseg.inference.resample import AxisMap, class_argmax
 from medseg.io.volume import Volume
 from medseg.runtime import Runtime
 
@@ -448,7 +448,7 @@ class BundlePredictor:
                                      background=False)
         for slab in uncropped:
             for oz, chunk in resampler.push(slab):
-                labels_oriented[..., oz:oz + chunk.shape[-1]] = chunk.argmax(axis=0)
+                class_argmax(chunk, out=labels_oriented[..., oz:oz + chunk.shape[-1]])
                 if probs_oriented is not None:
                     probs_oriented[..., oz:oz + chunk.shape[-1]] = chunk
         if not resampler.done:

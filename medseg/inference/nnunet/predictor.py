@@ -164,7 +164,7 @@ class NnunetPredictor:
     def _predict(self, images, tta: bool, keep: bool) -> Prediction:
         import torch
 
-        from medseg.inference.resample import AxisMap, SlabResampler
+        from medseg.inference.resample import AxisMap, SlabResampler, class_argmax
         from medseg.inference.sliding_window import iter_probability_slabs, nnunet_gaussian, nnunet_window_starts
 
         cfg = self.config
@@ -270,9 +270,9 @@ class NnunetPredictor:
                     if probs is not None:
                         p = torch.softmax(t, dim=0).numpy()
                         probs[:, a0:a1, b0:b1, z] = p
-                        labels[a0:a1, b0:b1, z] = p.argmax(axis=0)
+                        class_argmax(p, out=labels[a0:a1, b0:b1, z])
                     else:
-                        labels[a0:a1, b0:b1, z] = chunk.argmax(axis=0)
+                        class_argmax(chunk, out=labels[a0:a1, b0:b1, z])
                 else:
                     p = torch.sigmoid(t).numpy()
                     seg = np.zeros(chunk.shape[1:], dtype=label_dtype)
