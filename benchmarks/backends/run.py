@@ -6,7 +6,8 @@ of the one child), every backend on the same model, input and window settings, 2
 (``MEDSEG_THREADS=2``). Before the measured rounds, one untimed run per converted backend fills
 the conversion cache (``MEDSEG_CACHE_DIR`` under ``_work``) and its time is reported as the
 first-run cost; the measured runs then read the cache, as every later run of a user does. Labels
-are compared with the torch fp32 run's, voxel by voxel. The 1-minute load average is recorded
+are compared with the torch fp32 run's, voxel by voxel, over the whole grid and over the voxels
+either run calls foreground. The 1-minute load average is recorded
 before and after each run (the machine is shared).
 
     python benchmarks/backends/run.py                  # full: demo model + wide U-Net on 512x512x300
@@ -22,9 +23,10 @@ Cases:
   ``--short`` 256×256×150); int8 calibrated on a second phantom of the same size;
 - ``nnunet``: the nnU-Net benchmark's ``small`` model (``benchmarks/nnunet``: nnU-Net 2.8.1's
   default 3d_fullres plans, PlainConvUNet 32–320 in 6 stages, 96×160×160 windows, 6 classes,
-  random weights, fold 0) on its 200×200×120 oblique CT phantom: medseg on torch f32 and
-  OpenVINO f32/bf16 against nnU-Net's own ``nnUNetv2_predict_from_modelfolder`` (no TTA, step 0.5,
-  2 threads, ``-npp 1 -nps 1``), in the nnU-Net venv (``NNUNET_VENV``, default /work/nnunet-venv).
+  fold 0), trained on phantoms by ``nnunet_trained.py``, on its 200×200×120 oblique CT phantom: medseg on torch f32 and
+  OpenVINO f32/bf16/int8 (int8 calibrated on a phantom of another seed) against nnU-Net's own
+  ``nnUNetv2_predict_from_modelfolder`` (no TTA, step 0.5, 2 threads, ``-npp 1 -nps 1``), in the
+  nnU-Net venv (``NNUNET_VENV``, default /work/nnunet-venv).
 
 Writes ``results.json`` (or ``results_short.json``) beside this file.
 """
@@ -74,7 +76,8 @@ def measure(cmd: list) -> dict:
     return out
 
 
-NNUNET_VARIANTS = ("torch f32", "openvino f32", "openvino bf16", NNUNET_PREDICT := "nnUNetv2_predict")
+NNUNET_SHAPE, NNUNET_ROTATION = (200, 200, 120), (8.0, -5.0, 12.0)  # the nnunet case's input phantom
+NNUNET_VARIANTS = ("torch f32", "openvino f32", "openvino bf16", "openvino int8", NNUNET_PREDICT := "nnUNetv2_predict")
 
 
 def segment(inp: Path, model: Path, out: Path, variant: str, calibrate: Path, extra_args: tuple = ()) -> list:
@@ -113,16 +116,15 @@ def run_case(name: str, inp: Path, model: Path, calibrate: Path, rounds: int, va
                   f"{runs[v][-1]['peak_rss_mb']:.0f} MB, load {runs[v][-1]['load_before']:.1f}", flush=True)
     ref = read_volume(outs["torch f32"])
     res: dict = {"input": str(inp), "shape": list(ref.shape), "rounds": rounds, "variants": {}}
+    agreement = agreements(inp, {v: output_of(outs[v], v) for v in variants}, outs["torch f32"])
     torch_best = min(x["wall_s"] for x in runs["torch f32"])
     for v in variants:
-        labels = read_volume(output_of(outs[v], v))
         best = min(runs[v], key=lambda x: x["wall_s"])
         res["variants"][v] = {
             "best_wall_s": best["wall_s"], "median_wall_s": statistics.median(x["wall_s"] for x in runs[v]),
             "cpu_s": best["cpu_s"], "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[v]),
             "speedup_vs_torch_f32": torch_best / best["wall_s"],
-            "label_agreement_vs_torch_f32": float((labels.array == ref.array).mean()),
-            "same_grid": bool(labels.shape == ref.shape and np.allclose(labels.affine, ref.affine, atol=1e-4)),
+            **agreement[v],
             "first_run_wall_s": first[v]["wall_s"] if v in first else None,
             "load_average_1min": [x["load_before"] for x in runs[v]] + [runs[v][-1]["load_after"]]}
     print(f"[{name}] {json.dumps(res['variants'], indent=1)}", flush=True)
@@ -158,12 +160,61 @@ def wide_case(shape: tuple[int, int, int]) -> tuple[Path, Path, Path]:
     return image, model, calib
 
 
-def nnunet_case() -> tuple[Path, Path]:
-    """The nnU-Net benchmark's small model and input (written by its own functions, once)."""
-    from benchmarks.nnunet.run import SMALL_PLANS, SPACING_XYZ, write_input, write_model
+def nnunet_case() -> tuple[Path, Path, Path]:
+    """The nnU-Net benchmark's small model trained on phantoms (``nnunet_trained.py``), its input
+    (written by the nnU-Net benchmark's own function, once), and a second phantom of that kind
+    (another seed) to calibrate int8 on."""
+    from benchmarks.backends.nnunet_trained import trained_model
+    from benchmarks.nnunet.run import SPACING_XYZ, write_input
+    from medseg.io import write_volume
+    from medseg.phantoms import make_phantom
 
-    return (write_input("small", (200, 200, 120), SPACING_XYZ, "RAS", (8.0, -5.0, 12.0)),
-            write_model("small", SMALL_PLANS))
+    shape, rotation = NNUNET_SHAPE, NNUNET_ROTATION
+    calib = WORK / "nnunet_calibration.nii.gz"
+    if not calib.exists():
+        write_volume(make_phantom(6, shape=shape, spacing=SPACING_XYZ, orientation="RAS", rotation_deg=rotation,
+                                  n_tumours=3).image, calib)
+    return write_input("small", shape, SPACING_XYZ, "RAS", rotation), trained_model(), calib
+
+
+def agreements(inp: Path, outputs: dict, reference: Path) -> dict:
+    """Each output's labels against ``reference``'s, voxel by voxel: over the whole grid
+    (``label_agreement_vs_torch_f32``), inside the body (``body_…``: input above −900 HU, the CT
+    phantoms' body; outside it a random-weight network sees near-constant air, and instance
+    normalisation of a near-constant window turns rounding differences into arbitrary labels), and
+    where either run calls foreground (``foreground_…``); and whether the grids are the same."""
+    from medseg.io import read_volume
+
+    ref = read_volume(reference)
+    body = np.asarray(read_volume(inp).array) > -900
+    out = {}
+    for v, path in outputs.items():
+        labels = read_volume(path)
+        same = labels.array == ref.array
+        either = (labels.array > 0) | (ref.array > 0)
+        out[v] = {"label_agreement_vs_torch_f32": float(same.mean()),
+                  "body_agreement_vs_torch_f32": float(same[body].mean()) if body.any() else 1.0,
+                  "foreground_agreement_vs_torch_f32": float(same[either].mean()) if either.any() else 1.0,
+                  "same_grid": bool(labels.shape == ref.shape and np.allclose(labels.affine, ref.affine, atol=1e-4))}
+    return out
+
+
+def nnunet_truth_dice(variants=NNUNET_VARIANTS) -> dict:
+    """Per-class Dice of each ``nnunet`` run's labels against the phantom's own labels (how well
+    the trained model segments: agreement between backends means more where it is right)."""
+    from benchmarks.nnunet.run import SPACING_XYZ
+    from medseg.io import read_volume
+    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+
+    truth = make_phantom(5, shape=NNUNET_SHAPE, spacing=SPACING_XYZ, orientation="RAS",  # write_input's seed
+                         rotation_deg=NNUNET_ROTATION, n_tumours=3).label.array
+    out = {}
+    for v in variants:
+        labels = read_volume(output_of(WORK / f"nnunet_{v.replace(' ', '_')}.nii.gz", v)).array
+        out[v] = {name: float(2 * np.count_nonzero((truth == c) & (labels == c))
+                              / max(1, np.count_nonzero(truth == c) + np.count_nonzero(labels == c)))
+                  for c, name in PHANTOM_LABELS.items()}
+    return out
 
 
 def main() -> None:
@@ -187,9 +238,10 @@ def main() -> None:
                   "results_nnunet.json" if cases == ["nnunet"] else "results.json")
     for case in cases:
         if case == "nnunet":
-            inp, model = nnunet_case()
-            results["cases"][case] = run_case(case, inp, model, inp, rounds, variants=NNUNET_VARIANTS,
+            inp, model, calib = nnunet_case()
+            results["cases"][case] = run_case(case, inp, model, calib, rounds, variants=NNUNET_VARIANTS,
                                               extra_args=("--folds", "0", "--step-size", "0.5"))
+            results["cases"][case]["dice_vs_phantom_truth"] = nnunet_truth_dice()
         else:
             inp, model, calib = demo_case() if case == "demo" else wide_case((256, 256, 150) if args.short else (512, 512, 300))
             results["cases"][case] = run_case(case, inp, model, calib, rounds)
