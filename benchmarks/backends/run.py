@@ -6,8 +6,8 @@ of the one child), every backend on the same model, input and window settings, 2
 (``MEDSEG_THREADS=2``). Before the measured rounds, one untimed run per converted backend fills
 the conversion cache (``MEDSEG_CACHE_DIR`` under ``_work``) and its time is reported as the
 first-run cost; the measured runs then read the cache, as every later run of a user does. Labels
-are compared with the torch fp32 run's, voxel by voxel, over the whole grid and over the voxels
-either run calls foreground. The 1-minute load average is recorded
+are compared with the torch fp32 run's, voxel by voxel: over the whole grid, inside the body and
+where either run calls foreground (:func:`agreements`). The 1-minute load average is recorded
 before and after each run (the machine is shared).
 
     python benchmarks/backends/run.py                  # full: demo model + wide U-Net on 512x512x300
@@ -23,8 +23,8 @@ Cases:
   ``--short`` 256×256×150); int8 calibrated on a second phantom of the same size;
 - ``nnunet``: the nnU-Net benchmark's ``small`` model (``benchmarks/nnunet``: nnU-Net 2.8.1's
   default 3d_fullres plans, PlainConvUNet 32–320 in 6 stages, 96×160×160 windows, 6 classes,
-  fold 0), trained on phantoms by ``nnunet_trained.py``, on its 200×200×120 oblique CT phantom: medseg on torch f32 and
-  OpenVINO f32/bf16/int8 (int8 calibrated on a phantom of another seed) against nnU-Net's own
+  fold 0), trained on phantoms by ``nnunet_trained.py``, on its 200×200×120 oblique CT phantom:
+  medseg on torch f32 and OpenVINO f32/bf16/int8 (int8 calibrated on a phantom of another seed) against nnU-Net's own
   ``nnUNetv2_predict_from_modelfolder`` (no TTA, step 0.5, 2 threads, ``-npp 1 -nps 1``), in the
   nnU-Net venv (``NNUNET_VENV``, default /work/nnunet-venv).
 
@@ -91,6 +91,11 @@ def segment(inp: Path, model: Path, out: Path, variant: str, calibrate: Path, ex
     return [PY, "-m", "medseg", "segment", inp, "--model", model, "-o", out, "--device", "cpu", *extra, *extra_args]
 
 
+def run_output(case: str, variant: str) -> Path:
+    """The output path ``case``'s ``variant`` run is given (``-o``)."""
+    return WORK / f"{case}_{variant.replace(' ', '_')}.nii.gz"
+
+
 def output_of(out: Path, variant: str) -> Path:
     """Where ``variant``'s labels land (nnU-Net writes ``<case>.nii.gz`` into its output folder)."""
     return out.parent / (out.name.split(".")[0] + "_dir") / "case.nii.gz" if variant == NNUNET_PREDICT else out
@@ -100,7 +105,7 @@ def run_case(name: str, inp: Path, model: Path, calibrate: Path, rounds: int, va
              extra_args: tuple = ()) -> dict:
     from medseg.io import read_volume
 
-    outs = {v: WORK / f"{name}_{v.replace(' ', '_')}.nii.gz" for v in variants}
+    outs = {v: run_output(name, v) for v in variants}
     segment_ = (lambda v: segment(inp, model, outs[v], v, calibrate, extra_args))
     first = {}
     for v in variants:  # fill the conversion cache; the first run's cost, once
@@ -204,15 +209,16 @@ def nnunet_truth_dice(variants=NNUNET_VARIANTS) -> dict:
     the trained model segments: agreement between backends means more where it is right)."""
     from benchmarks.nnunet.run import SPACING_XYZ
     from medseg.io import read_volume
+    from medseg.measure.metrics import confusion_counts, overlap_metrics
     from medseg.phantoms import PHANTOM_LABELS, make_phantom
 
     truth = make_phantom(5, shape=NNUNET_SHAPE, spacing=SPACING_XYZ, orientation="RAS",  # write_input's seed
                          rotation_deg=NNUNET_ROTATION, n_tumours=3).label.array
     out = {}
     for v in variants:
-        labels = read_volume(output_of(WORK / f"nnunet_{v.replace(' ', '_')}.nii.gz", v)).array
-        out[v] = {name: float(2 * np.count_nonzero((truth == c) & (labels == c))
-                              / max(1, np.count_nonzero(truth == c) + np.count_nonzero(labels == c)))
+        labels = read_volume(output_of(run_output("nnunet", v), v)).array
+        counts = confusion_counts(labels, truth, list(PHANTOM_LABELS))
+        out[v] = {name: overlap_metrics(*(counts[c][k] for k in ("TP", "FP", "FN", "TN")))["Dice"]
                   for c, name in PHANTOM_LABELS.items()}
     return out
 
